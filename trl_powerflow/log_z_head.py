@@ -1,0 +1,53 @@
+r"""The learned log-partition head log Z'_phi(q).
+
+Design (FlowRL-style, see PAPER_NOTES §4): features = masked mean of the policy's last-layer hidden states over the
+prompt tokens; an MLP (Linear(d, d), GELU, LayerNorm, Dropout) x 2, then Linear(d, 1). The output layer starts at
+weight 0 and bias `init`, so log Z'(q) = init for every prompt at step 0.
+"""
+
+import torch
+from torch import nn
+
+LOG_Z_HEAD_ATTR = "log_z_head"
+LOG_Z_HEAD_FILE = "log_z_head.safetensors"
+
+
+class LogZHead(nn.Module):
+    """MLP mapping a prompt representation (B, d) to log Z'(q) (B,)."""
+
+    def __init__(self, hidden_size: int, dropout: float = 0.0, init: float = 0.0):
+        super().__init__()
+        layers = []
+        for _ in range(2):
+            layers += [nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.LayerNorm(hidden_size), nn.Dropout(dropout)]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, init)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = features.to(self.out.weight.dtype)
+        return self.out(self.body(features)).squeeze(-1).float()
+
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden_states` (B, P, d) over the positions where `mask` (B, P) is 1."""
+    mask = mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def is_log_z_param(name: str) -> bool:
+    """Whether a parameter/state-dict name belongs to the log-partition head."""
+    return f"{LOG_Z_HEAD_ATTR}." in name or name.startswith(f"{LOG_Z_HEAD_ATTR}.")
+
+
+def split_log_z_state_dict(state_dict: dict) -> tuple[dict, dict]:
+    """Split a model state dict into (model-only entries, head entries keyed relative to the head)."""
+    model_sd, head_sd = {}, {}
+    marker = f"{LOG_Z_HEAD_ATTR}."
+    for key, value in state_dict.items():
+        if is_log_z_param(key):
+            head_sd[key[key.index(marker) + len(marker) :]] = value
+        else:
+            model_sd[key] = value
+    return model_sd, head_sd

@@ -1,0 +1,94 @@
+r"""An enumerable toy: a tiny causal LM over the vocabulary {<eos>, a, b, q} whose completions can all be listed.
+
+With `max_completion_length = L`, the completions of the prompt "q" are every token string that ends at the first
+<eos> or at length L (a completion that hits the limit without <eos> is terminal too). Their exact probabilities
+under any model are products of next-token probabilities, so distributions can be compared exactly.
+"""
+
+import itertools
+import json
+import os
+
+import torch
+
+TOY_TOKENS = ("<eos>", "a", "b", "q")
+TOY_PROMPT = "q"
+
+
+def build_toy_tokenizer():
+    """Word-level tokenizer over TOY_TOKENS; <eos> is also the pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(TOY_TOKENS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>", padding_side="left", truncation_side="left"
+    )
+
+
+def save_toy_model(output_dir: str, seed: int = 8, hidden_size: int = 16, initializer_range: float = 0.3) -> str:
+    """Build the toy Qwen2 model (1 layer, a peaked random init so p_base is far from uniform) and its tokenizer."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    settings = {"seed": seed, "hidden_size": hidden_size, "initializer_range": initializer_range}
+    settings_file = os.path.join(output_dir, "toy_settings.json")
+    if os.path.isfile(settings_file):
+        with open(settings_file) as f:
+            if json.load(f) == settings:
+                return output_dir
+    tokenizer = build_toy_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(TOY_TOKENS),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
+        initializer_range=initializer_range,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    with open(settings_file, "w") as f:
+        json.dump(settings, f)
+    return output_dir
+
+
+def enumerate_completions(max_length: int, vocab_size: int = len(TOY_TOKENS), eos_id: int = 0) -> list[list[int]]:
+    """Every terminal completion: k < max_length - 1 non-EOS tokens then EOS, or max_length - 1 non-EOS tokens then
+    any token."""
+    others = [t for t in range(vocab_size) if t != eos_id]
+    completions = []
+    for length in range(1, max_length):
+        completions += [[*prefix, eos_id] for prefix in itertools.product(others, repeat=length - 1)]
+    last = list(range(vocab_size))  # at the length limit every token ends the completion
+    completions += [[*prefix, t] for prefix in itertools.product(others, repeat=max_length - 1) for t in last]
+    return sorted(completions, key=lambda c: (len(c), c))
+
+
+@torch.no_grad()
+def completion_logprobs(model, prompt_ids: list[int], completions: list[list[int]]) -> torch.Tensor:
+    """Exact temperature-1 log p(y | prompt) of each completion, shape (N,), float64."""
+    max_len = max(len(c) for c in completions)
+    pad = 0
+    ids = torch.tensor([prompt_ids + c + [pad] * (max_len - len(c)) for c in completions])
+    mask = torch.tensor([[1] * (len(prompt_ids) + len(c)) + [0] * (max_len - len(c)) for c in completions])
+    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.double()
+    logps = torch.log_softmax(logits[:, len(prompt_ids) - 1 : -1], dim=-1)
+    targets = ids[:, len(prompt_ids) :].to(logps.device)
+    token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    completion_mask = mask[:, len(prompt_ids) :].to(logps.device).double()
+    return (token_logps * completion_mask).sum(-1).cpu()

@@ -1,0 +1,460 @@
+"""`PowerFlowTrainer`: GRPOTrainer with the reward/advantage loss replaced by length-aware trajectory balance."""
+
+import copy
+import os
+
+import torch
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from trl import GRPOTrainer
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import (
+    add_fused_lm_head,
+    create_model_from_path,
+    disable_dropout_in_model,
+    get_config_model_id,
+    use_adapter,
+)
+
+from .config import PowerFlowConfig
+from .log_z_head import LOG_Z_HEAD_ATTR, LOG_Z_HEAD_FILE, LogZHead, is_log_z_param, masked_mean, split_log_z_state_dict
+from .losses import effective_sample_size, group_log_z, k3_kl, powerflow_loss, sequence_stats
+
+# Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
+_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+def _no_shaping(prompts, **kwargs):
+    """Placeholder reward function: GRPOTrainer requires one; PowerFlowTrainer removes it after init."""
+    return [0.0] * len(prompts)
+
+
+class PowerFlowTrainer(GRPOTrainer):
+    r"""
+    Trainer for PowerFlow: label-free fine-tuning towards `p_base(y|q)^alpha` (arXiv 2603.18363).
+
+    Same constructor as [`~trl.GRPOTrainer`]. `reward_funcs` is optional: without it training is label-free; with it,
+    the weighted sum of the rewards is the shaping term psi(y) inside alpha[...] of the LA-TB residual. The base model
+    p_base is the frozen starting checkpoint (a second frozen model, or the policy with its adapter disabled under
+    PEFT). All log-probabilities in the loss are temperature-1 probabilities, whatever the sampling temperature.
+    """
+
+    _tag_names = ["trl", "powerflow"]
+    _name = "PowerFlow"
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: PowerFlowConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = PowerFlowConfig(f"{model_name.split('/')[-1]}-PowerFlow")
+        elif not isinstance(args, PowerFlowConfig):
+            raise TypeError(
+                f"`args` must be a `PowerFlowConfig` (a `GRPOConfig` with the PowerFlow fields), got "
+                f"{type(args).__name__}. Replace `GRPOConfig(...)` with `PowerFlowConfig(...)`."
+            )
+        _check_dataset("train_dataset", train_dataset, needs_prompt=environment_factory is None)
+        if isinstance(eval_dataset, dict):
+            for name, dataset in eval_dataset.items():
+                _check_dataset(f"eval_dataset[{name!r}]", dataset, needs_prompt=environment_factory is None)
+        else:
+            _check_dataset("eval_dataset", eval_dataset, needs_prompt=environment_factory is None)
+
+        if reward_funcs is None:
+            reward_funcs = []
+        elif not isinstance(reward_funcs, list):
+            reward_funcs = [reward_funcs]
+        placeholder = not reward_funcs
+        if placeholder and args.reward_weights is not None:
+            raise ValueError(
+                "`reward_weights` is set but no `reward_funcs` were given: remove it or pass reward_funcs."
+            )
+
+        # The frozen base: a copy of an instantiated policy (before PEFT/patching); from its path otherwise.
+        base_copy = None
+        if peft_config is None and not isinstance(model, str) and not is_peft_model(model):
+            zero3 = args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3
+            if not zero3:
+                base_copy = copy.deepcopy(model)
+        if peft_config is None and not isinstance(model, str) and is_peft_model(model) and args.beta == 0.0:
+            _add_ref_adapter(model)  # GRPOTrainer does this only for beta != 0; PowerFlow always needs the base
+
+        super().__init__(
+            model,
+            reward_funcs=[_no_shaping] if placeholder else reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
+        )
+        if placeholder:  # environments with `get_reward` may have appended real reward sources after it
+            self.reward_funcs.pop(0)
+            self.reward_func_names.pop(0)
+            self.reward_processing_classes.pop(0)
+            self.reward_weights = self.reward_weights[1:]
+
+        self.alpha = args.alpha
+        self.objective = args.objective
+        self._rewards_per_func = None
+        self._captured_hidden = None
+
+        policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        if self.temperature != 1.0:
+            # GRPO's fused LM head divides logits by the sampling temperature; the TB loss needs true probabilities.
+            add_fused_lm_head(
+                policy,
+                temperature=1.0,
+                cast_lm_head_to_fp32=args.cast_lm_head_to_fp32,
+                outputs=("log_probs", "entropy"),
+            )
+            if self.ref_model is not None:
+                add_fused_lm_head(
+                    getattr(self.ref_model, "module", self.ref_model),
+                    temperature=1.0,
+                    cast_lm_head_to_fp32=args.cast_lm_head_to_fp32,
+                )
+        if self.ref_model is None and not is_peft_model(self.model):
+            self.ref_model = self._create_base_model(base_copy, quantization_config)
+
+        self.log_z_head = None
+        if args.log_z_estimator == "head":
+            self.log_z_head = self._attach_log_z_head(policy)
+            user_optimizer, user_scheduler = optimizers
+            if user_optimizer is not None:
+                if user_scheduler is not None:
+                    raise ValueError(
+                        "A custom (optimizer, scheduler) pair cannot train the log-partition head, which is created "
+                        "inside the trainer. Pass only the optimizer (the head is added to it as a param group), or "
+                        "use `log_z_estimator='group'`."
+                    )
+                user_optimizer.add_param_group(self._log_z_param_group())
+        if self.use_vllm:
+            self._exclude_log_z_from_vllm_sync()
+
+    # ------------------------------------------------------------------------------------------------- set-up helpers
+    def _create_base_model(self, base_copy, quantization_config):
+        """Frozen p_base for full fine-tuning, prepared like GRPOTrainer's reference model."""
+        args = self.args
+        if base_copy is not None:
+            base = base_copy
+        else:
+            model_init_kwargs = dict(args.model_init_kwargs or {})
+            if quantization_config is not None:
+                model_init_kwargs["quantization_config"] = quantization_config
+            if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+                model_init_kwargs["device_map"] = None
+            model_init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            model_init_kwargs.setdefault("dtype", self.model.dtype)
+            model_init_kwargs.setdefault("attn_implementation", self.model.config._attn_implementation)
+            base = create_model_from_path(get_config_model_id(self.model.config), **model_init_kwargs)
+        base.requires_grad_(False)
+        base.eval()
+        if args.disable_dropout:
+            disable_dropout_in_model(base)
+        add_fused_lm_head(base, temperature=1.0, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(base, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(base, self.accelerator)
+        return self.accelerator.prepare_model(base, evaluation_mode=True)
+
+    def _attach_log_z_head(self, policy):
+        """Build the head (seeded, identical on every process) and register it on the policy so that the optimizer,
+        DDP/DeepSpeed wrapping and checkpoints include it; hook the backbone to reuse its hidden states."""
+        args = self.args
+        hidden_size = policy.config.get_text_config().hidden_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            head = LogZHead(hidden_size, dropout=0.0 if args.disable_dropout else 0.1, init=args.log_z_init)
+        head.to(self.accelerator.device)
+        setattr(policy, LOG_Z_HEAD_ATTR, head)
+
+        def capture(module, inputs, output):
+            if self._captured_hidden is not None:
+                hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+                self._captured_hidden.append(hidden)
+
+        policy.base_model.register_forward_hook(capture)
+        return head
+
+    def _log_z_param_group(self):
+        lr = self.args.log_z_learning_rate
+        return {
+            "params": list(self.log_z_head.parameters()),
+            "lr": self.args.learning_rate if lr is None else lr,
+            "weight_decay": 0.0,
+        }
+
+    def _exclude_log_z_from_vllm_sync(self):
+        """The head is not part of the language model: never push it to the vLLM engine."""
+        iterate = self.vllm_generation._iter_named_params
+
+        def without_head():
+            for name, param in iterate():
+                if not is_log_z_param(name):
+                    yield name, param
+
+        self.vllm_generation._iter_named_params = without_head
+
+    # ------------------------------------------------------------------------------------------ GRPOTrainer overrides
+    def create_optimizer(self, model=None):
+        # Override: the log-partition head gets its own param group (own learning rate, no weight decay).
+        optimizer = super().create_optimizer(model)
+        if self.log_z_head is not None:
+            head_ids = {id(p) for p in self.log_z_head.parameters()}
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in head_ids]
+            optimizer.add_param_group(self._log_z_param_group())
+        return optimizer
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Override: no reward function means no reward computation at all; otherwise keep the raw rewards for psi(y).
+        if not self.reward_funcs:
+            n = len(prompts) * self.accelerator.num_processes
+            self._rewards_per_func = torch.zeros(n, 0, device=self.accelerator.device)
+        else:
+            self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        # Override: add what the TB loss needs to the generation batch: base log-probs, psi(y), group log Z.
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        if not self.reward_funcs:  # GRPO's reward statistics are meaningless without a reward
+            for key in ("reward", "reward_std", "frac_reward_zero_std"):
+                self._metrics[mode].pop(key, None)
+
+        mask = output["completion_mask"]
+        if "tool_mask" in output:
+            mask = mask * output["tool_mask"]
+        base_logps = output.get("ref_per_token_logps")  # already computed by GRPO when beta != 0
+        if base_logps is None:
+            base_logps = self._per_token_logps(output, base=True)
+        output["base_per_token_logps"] = base_logps
+
+        num_local = mask.size(0)
+        process_slice = slice(
+            self.accelerator.process_index * num_local, (self.accelerator.process_index + 1) * num_local
+        )
+        rewards = self._rewards_per_func
+        psi = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)
+        output["psi"] = psi[process_slice].to(base_logps.dtype)
+
+        if self.args.log_z_estimator == "group":
+            old = output.get("old_per_token_logps")
+            if old is None:
+                old = self._per_token_logps(output, base=False)
+            s_pi, length = sequence_stats(old, mask)
+            s_base, _ = sequence_stats(base_logps, mask)
+            stats = self.accelerator.gather(torch.stack([s_pi, s_base, length, output["psi"]], dim=1))
+            num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+            log_z = group_log_z(*stats.unbind(1)[:3], self.alpha, num_generations, stats[:, 3], self.objective)
+            output["group_log_z"] = log_z[process_slice]
+        return output
+
+    def _compute_loss(self, model, inputs):
+        # Override: the LA-TB loss (losses.powerflow_loss) replaces GRPO's clipped surrogate.
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mode = "train" if self.model.training else "eval"
+
+        self._captured_hidden = [] if self.log_z_head is not None else None
+        try:
+            per_token_logps, entropies, _ = self._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                completion_ids.size(1),
+                compute_entropy=True,
+                **{k: inputs.get(k) for k in _FORWARD_KEYS},
+            )
+            hidden = torch.cat(self._captured_hidden, dim=0) if self.log_z_head is not None else None
+        finally:
+            self._captured_hidden = None
+
+        if self.log_z_head is not None:
+            features = masked_mean(hidden[:, : prompt_ids.size(1)], prompt_mask)
+            if self.args.log_z_detach_features:
+                features = features.detach()
+            log_z = self.log_z_head(features)
+        else:
+            log_z = inputs["group_log_z"]
+
+        base_logps = inputs["base_per_token_logps"]
+        old_logps = inputs.get("old_per_token_logps")
+        loss, stats = powerflow_loss(
+            per_token_logps,
+            base_logps,
+            mask,
+            log_z,
+            self.alpha,
+            psi=inputs["psi"],
+            old_logps=old_logps,
+            objective=self.objective,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+            weight_level=self.args.tb_weight_level,
+        )
+        if self.beta != 0.0:
+            per_token_kl = k3_kl(per_token_logps, base_logps)
+            if self.args.use_bias_correction_kl and old_logps is not None:
+                per_token_kl = per_token_kl * torch.exp(per_token_logps - old_logps).detach()
+            kl_sum, length = sequence_stats(per_token_kl, mask)
+            valid = length > 0
+            seq_kl = kl_sum[valid] / length[valid]
+            loss = loss + self.beta * (seq_kl.sum() / valid.sum().clamp(min=1))
+        if mode == "train":
+            loss = loss / self.current_gradient_accumulation_steps  # GRPOTrainer scales the loss for accumulation
+
+        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies)
+        if self.beta != 0.0:
+            totals = self.accelerator.reduce(torch.stack([(per_token_kl * mask).sum(), mask.sum().float()]), "sum")
+            self._metrics[mode]["kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        return loss
+
+    def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies):
+        """Gather per-sequence statistics once and log TB residual, log Z', per-token log-probs, length and ESS."""
+        with torch.no_grad():
+            s_pi, length = sequence_stats(per_token_logps.detach(), mask)
+            s_base, _ = sequence_stats(base_logps, mask)
+            ent, _ = sequence_stats(entropies.detach(), mask)
+            per_seq = torch.stack(
+                [
+                    stats["residual"],
+                    stats["weight"],
+                    stats["valid"].float(),
+                    log_z.detach().float(),
+                    s_pi,
+                    s_base,
+                    length,
+                    ent,
+                ],
+                dim=1,
+            )
+            res, weight, valid, log_z, s_pi, s_base, length, ent = self.accelerator.gather(per_seq).unbind(1)
+            valid = valid.bool()
+            metrics = self._metrics[mode]
+            tokens = length.sum().clamp(min=1.0)
+            if valid.any():
+                metrics["powerflow/residual_mean"].append(res[valid].mean().item())
+                metrics["powerflow/residual_std"].append(res[valid].std(unbiased=False).item())
+                metrics["powerflow/residual_abs_mean"].append(res[valid].abs().mean().item())
+            metrics["powerflow/log_z_mean"].append(log_z.mean().item())
+            metrics["powerflow/policy_logp_per_token"].append((s_pi.sum() / tokens).item())
+            metrics["powerflow/base_logp_per_token"].append((s_base.sum() / tokens).item())
+            metrics["powerflow/completion_length"].append(length.mean().item())
+            metrics["powerflow/ess"].append(effective_sample_size(weight, valid).item())
+            metrics["entropy"].append((ent.sum() / tokens).item())
+
+    @torch.no_grad()
+    def _per_token_logps(self, batch, base: bool):
+        """Temperature-1 per-token log-probs of the completions under p_base (`base=True`) or the current policy."""
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        kwargs = {k: batch[k] for k in _FORWARD_KEYS if k in batch}
+        logits_to_keep = batch["completion_ids"].size(1)
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if not base:
+                return self._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, **kwargs
+                )[0]
+            if self.ref_model is not None:
+                return self._get_per_token_logps_and_entropies(
+                    self.ref_model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, **kwargs
+                )[0]
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                return self._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, **kwargs
+                )[0]
+
+    # ------------------------------------------------------------------------------------------------- checkpointing
+    def _save(self, output_dir=None, state_dict=None):
+        # Override: the head is not part of the language model; save it beside the weights, not inside them.
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.log_z_head is not None:
+            if state_dict is None:
+                state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+            state_dict, head_state = split_log_z_state_dict(state_dict)
+            if head_state and self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                head_state = {k: v.detach().float().cpu().contiguous() for k, v in head_state.items()}
+                save_file(head_state, os.path.join(output_dir, LOG_Z_HEAD_FILE))
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Override: restore the head saved by `_save` (DeepSpeed checkpoints restore it with the engine instead).
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        path = os.path.join(resume_from_checkpoint, LOG_Z_HEAD_FILE)
+        if self.log_z_head is not None:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"Checkpoint {resume_from_checkpoint} has no {LOG_Z_HEAD_FILE}: it was not written by a "
+                    "PowerFlowTrainer with a learned log-partition head."
+                )
+            state = load_file(path, device="cpu")
+            head_param = next(self.log_z_head.parameters())
+            self.log_z_head.load_state_dict({k: v.to(head_param.dtype) for k, v in state.items()})
+
+
+def _check_dataset(name, dataset, needs_prompt):
+    if dataset is None:
+        return
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: PowerFlow needs at least one prompt to generate completions from.")
+    columns = getattr(dataset, "column_names", None)
+    if needs_prompt and columns is not None and "prompt" not in columns:
+        raise ValueError(
+            f"`{name}` has no 'prompt' column (columns: {columns}). Rename the column holding the prompts to "
+            "'prompt' (plain text or a list of chat messages)."
+        )
+
+
+def _add_ref_adapter(model):
+    """Copy the pretrained 'default' adapter into a frozen 'ref' adapter, as GRPOTrainer does for beta != 0."""
+    if "ref" in model.peft_config:
+        return
+    model.add_adapter("ref", model.peft_config["default"])
+    for name, param in model.named_parameters():
+        if ".default." in name:
+            model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
