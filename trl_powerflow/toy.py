@@ -28,11 +28,18 @@ def build_toy_tokenizer():
     )
 
 
-def save_toy_model(output_dir: str, seed: int = 8, hidden_size: int = 16, initializer_range: float = 0.3) -> str:
-    """Build the toy Qwen2 model (1 layer, a peaked random init so p_base is far from uniform) and its tokenizer."""
+def save_toy_model(
+    output_dir: str, seed: int = 0, hidden_size: int = 32, initializer_range: float = 0.3, num_hidden_layers: int = 1
+) -> str:
+    """Build the toy Qwen2 model (by default 1 layer, a peaked random init so p_base is far from uniform) and its tokenizer."""
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    settings = {"seed": seed, "hidden_size": hidden_size, "initializer_range": initializer_range}
+    settings = {
+        "seed": seed,
+        "hidden_size": hidden_size,
+        "initializer_range": initializer_range,
+        "num_hidden_layers": num_hidden_layers,
+    }
     settings_file = os.path.join(output_dir, "toy_settings.json")
     if os.path.isfile(settings_file):
         with open(settings_file) as f:
@@ -43,7 +50,7 @@ def save_toy_model(output_dir: str, seed: int = 8, hidden_size: int = 16, initia
         vocab_size=len(TOY_TOKENS),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=1,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=16,

@@ -1,0 +1,262 @@
+r"""Tiny causal LMs, tokenizers and prompt datasets built fully offline, for tests and smoke runs.
+
+The tokenizer is a byte-level BPE trained on a small corpus generated in code; the models are randomly initialised
+Qwen2 / Llama decoders with a seeded init. Everything is deterministic.
+"""
+
+import json
+import os
+import random
+import shutil
+import tempfile
+
+import torch
+
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+ARCHS = ("qwen2", "llama")
+SETTINGS_FILE = "tiny_model_settings.json"
+_SETTINGS_FORMAT = 1  # bump when the builders change, so cached directories are rebuilt
+_REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json")
+
+_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+_SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "A small model can still learn simple patterns.",
+    "The sun rises in the east and sets in the west.",
+    "Please think step by step before you answer.",
+    "She opened the window and the cold air rushed in.",
+    "We count the apples and then we add the pears.",
+    "Every question has an answer, if you look closely.",
+    "The cat sat on the mat and watched the birds.",
+    "Numbers can be added, subtracted and multiplied.",
+    "He wrote a short letter to his old friend.",
+    "The train left the station at seven in the morning.",
+    "Water boils at one hundred degrees.",
+    "Read the question, then write the final answer.",
+    "The library was quiet except for turning pages.",
+    "A river runs through the middle of the town.",
+    "They planted a tree in the garden last spring.",
+    "The answer should be a single whole number.",
+    "Mathematics is the language of patterns.",
+    "It was a bright cold day in April.",
+    "The children laughed as the kite climbed higher.",
+    "Good answers are short, clear and correct.",
+    "The moon was full and the night was still.",
+    "Let us solve the problem one step at a time.",
+    "The teacher asked a question about fractions.",
+    "I like tea in the morning and coffee at noon.",
+    "The robot answered every question politely.",
+    "Hello! How can I help you today?",
+    "Thank you, that is exactly what I needed.",
+)
+_CREATIVE = (
+    "Write a short poem about the sea.",
+    "Waves of silver whisper to the shore.",
+    "Tell me a story about a brave little mouse.",
+    "Once upon a time, a tiny mouse found a golden key.",
+    "Describe a rainy afternoon in one line.",
+    "Grey clouds hum softly while the streets shine.",
+    "Stars are lanterns hung by patient hands.",
+    "The forest keeps its secrets under green leaves.",
+    "In the quiet of dawn, the first bird sings.",
+    "A dragon slept beneath the mountain of glass.",
+)
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _arithmetic(rng: random.Random) -> tuple[str, str, int]:
+    op = rng.choice(sorted(_OPS))
+    if op == "*":
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+    else:
+        a, b = rng.randint(1, 50), rng.randint(1, 50)
+        if op == "-" and b > a:
+            a, b = b, a
+    return f"{a} {op} {b}", op, _OPS[op](a, b)
+
+
+def _tokenizer_corpus() -> list[str]:
+    rng = random.Random(1234)
+    corpus = list(_SENTENCES) + list(_CREATIVE)
+    for _ in range(120):
+        expr, _, result = _arithmetic(rng)
+        corpus.append(f"What is {expr}? The answer is \\boxed{{{result}}}.")
+        corpus.append(f"What is {expr}? Put the final answer in \\boxed{{}}.")
+    for role in ("system", "user", "assistant"):
+        corpus.append(f"{role}\nYou are a helpful assistant.\n")
+    return corpus
+
+
+def build_tiny_tokenizer(vocab_size: int = 512):
+    """Byte-level BPE trained on an inline corpus; pad `<|endoftext|>`, eos `<|im_end|>`, ChatML template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # Same normalizer / pre-tokenizer as transformers' Qwen2Tokenizer, which AutoTokenizer substitutes when loading a
+    # saved qwen2 model (it rebuilds the pipeline around the saved vocab/merges), so both load paths tokenize alike.
+    backend = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix=""))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=[IM_START, IM_END],
+        padding_side="left",
+        truncation_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=512,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(
+    tokenizer,
+    arch: str = "qwen2",
+    hidden_size: int = 32,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+    initializer_range: float = 0.02,
+    tie_word_embeddings: bool = True,
+):
+    """Randomly initialised float32 Qwen2 / Llama causal LM sized to `tokenizer`, seeded (global RNG untouched)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+    if arch not in classes:
+        raise ValueError(f"Unknown arch {arch!r}; expected one of {list(ARCHS)}")
+    if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
+        raise ValueError(
+            f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}), "
+            f"which must be divisible by num_key_value_heads ({num_key_value_heads})"
+        )
+    config_cls, model_cls = classes[arch]
+    token_ids = {
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size if intermediate_size is not None else 4 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
+        tie_word_embeddings=tie_word_embeddings,
+        **token_ids,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    model = model.to(torch.float32)
+    model.config.dtype = torch.float32
+    model.generation_config = GenerationConfig(**token_ids)
+    return model
+
+
+def _settings(arch, hidden_size, num_hidden_layers, seed, kwargs) -> dict:
+    return {
+        "format": _SETTINGS_FORMAT,
+        "arch": arch,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_hidden_layers,
+        "seed": seed,
+        **{k: kwargs[k] for k in sorted(kwargs)},
+    }
+
+
+def _is_complete(output_dir: str, settings: dict) -> bool:
+    if not all(os.path.isfile(os.path.join(output_dir, name)) for name in _REQUIRED_FILES + (SETTINGS_FILE,)):
+        return False
+    try:
+        with open(os.path.join(output_dir, SETTINGS_FILE)) as f:
+            return json.load(f) == json.loads(json.dumps(settings))
+    except (OSError, ValueError):
+        return False
+
+
+def save_tiny_model(
+    output_dir, arch: str = "qwen2", hidden_size: int = 32, num_hidden_layers: int = 2, seed: int = 0, **kwargs
+) -> str:
+    """Build and save a tiny tokenizer + model into `output_dir` (skipped if already saved with these settings).
+
+    `vocab_size` in kwargs goes to `build_tiny_tokenizer`, the rest to `build_tiny_model`.
+    """
+    output_dir = os.fspath(output_dir)
+    settings = _settings(arch, hidden_size, num_hidden_layers, seed, kwargs)
+    if _is_complete(output_dir, settings):
+        return output_dir
+    model_kwargs = dict(kwargs)
+    tokenizer_kwargs = {"vocab_size": model_kwargs.pop("vocab_size")} if "vocab_size" in model_kwargs else {}
+    tokenizer = build_tiny_tokenizer(**tokenizer_kwargs)
+    model = build_tiny_model(
+        tokenizer, arch=arch, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, seed=seed, **model_kwargs
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    # Invalidate first, save into a sibling temp dir, then move files in one by one (atomic per file) with the
+    # settings file last, so a concurrent or interrupted call never leaves a directory that looks complete.
+    try:
+        os.remove(os.path.join(output_dir, SETTINGS_FILE))
+    except FileNotFoundError:
+        pass
+    tmp_dir = tempfile.mkdtemp(prefix=".tiny_model_tmp_", dir=output_dir)
+    try:
+        model.save_pretrained(tmp_dir)
+        tokenizer.save_pretrained(tmp_dir)
+        with open(os.path.join(tmp_dir, SETTINGS_FILE), "w") as f:
+            json.dump(settings, f, indent=2)
+        names = sorted(n for n in os.listdir(tmp_dir) if n != SETTINGS_FILE) + [SETTINGS_FILE]
+        for name in names:
+            os.replace(os.path.join(tmp_dir, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return output_dir
+
+
+def tiny_prompt_dataset(n: int = 16, conversational: bool = True, seed: int = 0):
+    r"""`n` arithmetic prompts ending "Put the final answer in \boxed{}." with an `answer` column (integer as str)."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    prompts, answers = [], []
+    for _ in range(n):
+        expr, _, result = _arithmetic(rng)
+        question = f"What is {expr}? Put the final answer in \\boxed{{}}."
+        prompts.append([{"role": "user", "content": question}] if conversational else question)
+        answers.append(str(result))
+    return Dataset.from_dict({"prompt": prompts, "answer": answers})
