@@ -31,7 +31,8 @@ def build_toy_tokenizer():
 def save_toy_model(
     output_dir: str, seed: int = 0, hidden_size: int = 32, initializer_range: float = 0.3, num_hidden_layers: int = 1
 ) -> str:
-    """Build the toy Qwen2 model (by default 1 layer, a peaked random init so p_base is far from uniform) and its tokenizer."""
+    """Build the toy Qwen2 model (1 layer by default; a peaked random init makes p_base far from uniform) and its
+    tokenizer."""
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     settings = {
