@@ -382,6 +382,11 @@ class PowerFlowTrainer(GRPOTrainer):
             metrics["powerflow/base_logp_per_token"].append((s_base.sum() / tokens).item())
             metrics["powerflow/completion_length"].append(length.mean().item())
             metrics["powerflow/ess"].append(effective_sample_size(weight, valid).item())
+            if valid.any():
+                w = weight[valid]
+                clipped = (w <= 1 - self.epsilon_low + 1e-6) | (w >= 1 + self.epsilon_high - 1e-6)
+                metrics["powerflow/weight_mean"].append(w.mean().item())
+                metrics["powerflow/weight_clip_ratio"].append(clipped.float().mean().item())
             metrics["entropy"].append((ent.sum() / tokens).item())
 
     @torch.no_grad()

@@ -1,0 +1,323 @@
+"""PowerFlowTrainer end to end on the offline tiny model: label-free, reward shaping, PEFT, accumulation with reused
+generations, checkpoints and resume, temperature handling, errors."""
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+from trl import GRPOConfig
+
+from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
+from trl_powerflow.log_z_head import LOG_Z_HEAD_FILE
+from trl_powerflow.tiny_models import tiny_prompt_dataset
+
+
+def make_args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        max_completion_length=8,
+        num_generations=4,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-2,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+    )
+    defaults.update(kwargs)
+    return PowerFlowConfig(**defaults)
+
+
+def dataset(n=8, conversational=True):
+    return tiny_prompt_dataset(n=n, conversational=conversational)
+
+
+def batch_of(trainer):
+    """One generation batch, exactly as the training loop builds it."""
+    trainer.model.train()
+    return trainer._generate_and_score_completions([dataset()[i] for i in range(trainer.args.generation_batch_size)])
+
+
+def logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+@torch.no_grad()
+def reference_logps(model, batch):
+    """Independent temperature-1 log-probs of the batch's completions: plain forward, log_softmax, gather."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    n = batch["completion_ids"].size(1)
+    logps = torch.log_softmax(logits[:, -n - 1 : -1], -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    return logps * batch["completion_mask"]
+
+
+def test_label_free_training_logs_metrics_and_checkpoints(tiny_model_dir, tmp_path):
+    args = make_args(tmp_path, save_strategy="steps", save_steps=2)  # gradient checkpointing stays on (TRL default)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
+    head_before = {k: v.clone() for k, v in trainer.log_z_head.state_dict().items()}
+    policy_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "log_z_head" not in k}
+    trainer.train()
+
+    for key in (
+        "powerflow/residual_mean",
+        "powerflow/residual_std",
+        "powerflow/log_z_mean",
+        "powerflow/policy_logp_per_token",
+        "powerflow/base_logp_per_token",
+        "powerflow/completion_length",
+        "powerflow/ess",
+        "entropy",
+        "loss",
+    ):
+        values = logged(trainer, key)
+        assert values and all(v == v for v in values), key  # logged, and never NaN
+    assert not any(k.startswith("reward") or "frac_reward" in k for e in trainer.state.log_history for k in e)
+    assert logged(trainer, "powerflow/ess") == [1.0, 1.0]  # on-policy: w = 1
+
+    assert any(not torch.equal(head_before[k], v) for k, v in trainer.log_z_head.state_dict().items())
+    assert any(not torch.equal(policy_before[k], p) for k, p in trainer.model.named_parameters() if k in policy_before)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for name, param in original.named_parameters():  # the frozen base did not move
+        torch.testing.assert_close(trainer.ref_model.get_parameter(name), param, rtol=0, atol=0)
+
+    checkpoint = os.path.join(args.output_dir, "checkpoint-2")
+    head_state = load_file(os.path.join(checkpoint, LOG_Z_HEAD_FILE))
+    for key, value in trainer.log_z_head.state_dict().items():
+        torch.testing.assert_close(head_state[key], value)
+    weights = load_file(os.path.join(checkpoint, "model.safetensors"))
+    assert not any("log_z_head" in key for key in weights)  # the saved model stays a plain causal LM
+    reloaded = AutoModelForCausalLM.from_pretrained(checkpoint)
+    for name, param in reloaded.named_parameters():
+        torch.testing.assert_close(param, trainer.model.get_parameter(name))
+
+
+def test_reward_functions_are_the_weighted_shaping_term(tiny_model_dir, tmp_path):
+    calls = []
+
+    def has_boxed(completions, **kwargs):
+        values = [0.0 if "\\boxed" in c[0]["content"] else -0.5 for c in completions]
+        calls.append(("has_boxed", values))
+        return values
+
+    def length_bonus(completions, completion_ids, **kwargs):
+        values = [0.1 * len(ids) for ids in completion_ids]
+        calls.append(("length_bonus", values))
+        return values
+
+    args = make_args(tmp_path, reward_weights=[2.0, 0.5])
+    trainer = PowerFlowTrainer(
+        model=tiny_model_dir, reward_funcs=[has_boxed, length_bonus], args=args, train_dataset=dataset()
+    )
+    batch = batch_of(trainer)
+    values = dict(calls[-2:])
+    expected = 2.0 * torch.tensor(values["has_boxed"]) + 0.5 * torch.tensor(values["length_bonus"])
+    torch.testing.assert_close(batch["psi"], expected)
+    trainer.train()
+    assert logged(trainer, "rewards/has_boxed/mean") and logged(trainer, "reward")
+
+
+def test_peft_lora_uses_adapter_disabled_base_and_trains_head(tiny_model_dir, tmp_path):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = make_args(tmp_path, save_strategy="steps", save_steps=2)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset(), peft_config=peft_config)
+    assert trainer.ref_model is None  # no second model under PEFT
+    head_before = {k: v.clone() for k, v in trainer.log_z_head.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(head_before[k], v) for k, v in trainer.log_z_head.state_dict().items())
+    assert all(p.requires_grad for p in trainer.log_z_head.parameters())
+
+    batch = batch_of(trainer)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.testing.assert_close(batch["base_per_token_logps"], reference_logps(original, batch), atol=1e-5, rtol=1e-5)
+    policy = trainer._get_per_token_logps_and_entropies(
+        trainer.model,
+        torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1),
+        torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
+        batch["completion_ids"].size(1),
+    )[0]
+    assert (policy - batch["base_per_token_logps"]).abs().max() > 1e-4  # the adapter is active for the policy
+    checkpoint = os.path.join(args.output_dir, "checkpoint-2")
+    assert os.path.isfile(os.path.join(checkpoint, LOG_Z_HEAD_FILE))
+    assert os.path.isfile(os.path.join(checkpoint, "adapter_model.safetensors"))
+
+
+def test_gradient_accumulation_with_reused_generations(tiny_model_dir, tmp_path):
+    args = make_args(
+        tmp_path,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_iterations=2,
+        max_steps=4,
+        tb_weight_level="sequence",
+        epsilon=0.2,
+    )
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
+    batch = batch_of(trainer)
+    assert "old_per_token_logps" in batch  # reused generations carry pi_old for the weight w
+    trainer.train()
+    ess = logged(trainer, "powerflow/ess")
+    assert len(ess) == 4 and all(0.0 < v <= 1.0 for v in ess)
+    # Steps 1 and 3 start a generation batch (w = 1); steps 2 and 4 reuse it after an update, so w != 1 there.
+    weights = logged(trainer, "powerflow/weight_mean")
+    assert weights[0] == 1.0 and weights[2] == 1.0
+    assert weights[1] != 1.0 and weights[3] != 1.0
+    assert all(0.8 - 1e-6 <= w <= 1.2 + 1e-6 for w in weights)  # clipped to [1 - epsilon, 1 + epsilon]
+    assert trainer.state.global_step == 4
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model_dir, tmp_path):
+    kwargs = dict(
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=2,
+        num_iterations=2,
+    )
+    full = PowerFlowTrainer(model=tiny_model_dir, args=make_args(tmp_path / "full", **kwargs), train_dataset=dataset())
+    full.train()
+    resumed = PowerFlowTrainer(
+        model=tiny_model_dir, args=make_args(tmp_path / "resumed", **kwargs), train_dataset=dataset()
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    for name, param in full.model.named_parameters():  # policy and log-partition head
+        torch.testing.assert_close(resumed.model.get_parameter(name), param, rtol=1e-6, atol=1e-7, msg=name)
+    moved = [n for n, p in full.model.named_parameters() if "log_z_head" in n]
+    assert moved  # the head is part of the comparison
+
+
+def test_loss_log_probs_are_temperature_one(tiny_model_dir, tmp_path):
+    args = make_args(tmp_path, temperature=0.5)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
+    assert trainer.generation_config.temperature == 0.5  # sampling keeps the requested temperature
+    batch = batch_of(trainer)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    expected = reference_logps(original, batch)
+    torch.testing.assert_close(batch["base_per_token_logps"], expected, atol=1e-5, rtol=1e-5)
+    policy = trainer._get_per_token_logps_and_entropies(
+        trainer.model,
+        torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1),
+        torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
+        batch["completion_ids"].size(1),
+    )[0]
+    torch.testing.assert_close(policy * batch["completion_mask"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_group_estimator_is_the_group_mean_and_has_no_head(tiny_model_dir, tmp_path):
+    args = make_args(tmp_path, log_z_estimator="group", alpha=2.0)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
+    assert trainer.log_z_head is None and not any("log_z_head" in n for n, _ in trainer.model.named_parameters())
+    batch = batch_of(trainer)
+    mask = batch["completion_mask"].float()
+    length = mask.sum(-1)
+    policy = reference_logps(trainer.model, batch)
+    per_token_gap = 2.0 * batch["base_per_token_logps"].mul(mask).sum(-1) / length - policy.sum(-1) / length
+    expected = per_token_gap.view(-1, 4).mean(-1).repeat_interleave(4)
+    torch.testing.assert_close(batch["group_log_z"], expected, atol=1e-5, rtol=1e-5)
+    trainer.train()
+    assert logged(trainer, "powerflow/log_z_mean")
+
+
+def test_detached_features_keep_head_gradient_out_of_the_model(tiny_model_dir, tmp_path):
+    grads = {}
+    for detach in (False, True):
+        trainer = PowerFlowTrainer(
+            model=tiny_model_dir, args=make_args(tmp_path, log_z_detach_features=detach), train_dataset=dataset()
+        )
+        with torch.no_grad():  # a non-zero output layer, so the head's input gradient is not trivially zero
+            trainer.log_z_head.out.weight.copy_(torch.linspace(-1, 1, trainer.log_z_head.out.weight.numel()))
+        torch.manual_seed(0)
+        batch = batch_of(trainer)
+        trainer.model.zero_grad()
+        trainer.current_gradient_accumulation_steps = 1  # set by the training loop otherwise
+        trainer.compute_loss(trainer.model, batch).backward()
+        grads[detach] = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    head = [n for n in grads[True] if "log_z_head" in n]
+    trunk = [n for n in grads[True] if "log_z_head" not in n and "layers" in n]
+    assert head and trunk
+    for name in head:
+        torch.testing.assert_close(grads[True][name], grads[False][name])
+    assert any(not torch.allclose(grads[True][n], grads[False][n]) for n in trunk)
+
+
+def test_custom_optimizer_gets_the_head_param_group(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    trainer = PowerFlowTrainer(
+        model=model,
+        args=make_args(tmp_path, log_z_learning_rate=0.05),
+        train_dataset=dataset(),
+        optimizers=(optimizer, None),
+    )
+    assert optimizer.param_groups[-1]["lr"] == 0.05
+    assert {id(p) for p in optimizer.param_groups[-1]["params"]} == {id(p) for p in trainer.log_z_head.parameters()}
+    trainer.train()
+    with pytest.raises(ValueError, match="log-partition head"):
+        PowerFlowTrainer(
+            model=model,
+            args=make_args(tmp_path),
+            train_dataset=dataset(),
+            optimizers=(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)),
+        )
+
+
+def test_trainer_optimizer_uses_the_head_learning_rate(tiny_model_dir, tmp_path):
+    trainer = PowerFlowTrainer(
+        model=tiny_model_dir, args=make_args(tmp_path, log_z_learning_rate=0.1), train_dataset=dataset()
+    )
+    optimizer = trainer.create_optimizer()
+    head_ids = {id(p) for p in trainer.log_z_head.parameters()}
+    groups = [g for g in optimizer.param_groups if any(id(p) in head_ids for p in g["params"])]
+    assert len(groups) == 1 and groups[0]["lr"] == 0.1 and groups[0]["weight_decay"] == 0.0
+    assert {id(p) for p in groups[0]["params"]} == head_ids
+
+
+def test_vllm_weight_sync_excludes_the_head(tiny_model_dir, tmp_path):
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=make_args(tmp_path), train_dataset=dataset())
+    trainer.vllm_generation = SimpleNamespace(_iter_named_params=lambda: iter(trainer.model.named_parameters()))
+    trainer._exclude_log_z_from_vllm_sync()
+    synced = [name for name, _ in trainer.vllm_generation._iter_named_params()]
+    model_names = [n for n, _ in AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters()]
+    assert synced == model_names
+
+
+def test_plain_text_prompts_and_model_instance(tiny_model_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = PowerFlowTrainer(model=model, args=make_args(tmp_path), train_dataset=dataset(conversational=False))
+    trainer.train()
+    assert logged(trainer, "powerflow/residual_mean")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"train_dataset": Dataset.from_dict({"prompt": []})}, ValueError, "`train_dataset` is empty"),
+        ({"train_dataset": Dataset.from_dict({"question": ["hi"]})}, ValueError, "no 'prompt' column"),
+        ({"eval_dataset": Dataset.from_dict({"prompt": []})}, ValueError, "`eval_dataset` is empty"),
+        ({"args": "grpo"}, TypeError, "PowerFlowConfig"),
+        ({"args": "weights"}, ValueError, "reward_weights"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(tiny_model_dir, tmp_path, kwargs, error, match):
+    call = {"model": tiny_model_dir, "train_dataset": dataset(), "args": make_args(tmp_path)}
+    call.update(kwargs)
+    if call["args"] == "grpo":
+        call["args"] = GRPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[])
+    elif call["args"] == "weights":
+        call["args"] = make_args(tmp_path, reward_weights=[1.0])
+    with pytest.raises(error, match=match):
+        PowerFlowTrainer(**call)
