@@ -100,6 +100,22 @@ def test_label_free_training_logs_metrics_and_checkpoints(tiny_model_dir, tmp_pa
         torch.testing.assert_close(param, trainer.model.get_parameter(name))
 
 
+@pytest.mark.parametrize("log_z_init", [None, 0.0])
+def test_log_z_initialisation(tiny_model_dir, tmp_path, log_z_init):
+    args = make_args(tmp_path, log_z_init=log_z_init, max_steps=1, learning_rate=0.0, log_z_learning_rate=0.0)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
+    trainer.train()
+    residual = logged(trainer, "powerflow/residual_mean")[0]
+    log_z = logged(trainer, "powerflow/log_z_mean")[0]
+    # alpha = 4 and a near-uniform random model: the target term alone is far from 0, so log Z' = 0 leaves a large
+    # residual; the data-driven start centres it exactly (one micro-batch, one process).
+    if log_z_init is None:
+        assert abs(residual) < 1e-4 and abs(log_z) > 5.0
+        assert bool(trainer.log_z_head.initialised)
+    else:
+        assert abs(residual) > 5.0 and log_z == 0.0
+
+
 def test_reward_functions_are_the_weighted_shaping_term(tiny_model_dir, tmp_path):
     calls = []
 

@@ -84,9 +84,12 @@ class PowerFlowConfig(GRPOConfig):
             "and sends no gradient into the language model. Only with 'head'."
         },
     )
-    log_z_init: float = field(
-        default=0.0,
-        metadata={"help": "Initial value of log Z'(q): the bias of the head's output layer (weights start at 0)."},
+    log_z_init: float | None = field(
+        default=None,
+        metadata={
+            "help": "Initial log Z'(q) of the head. None: set it from the first training batch so that the mean TB "
+            "residual starts at 0 (otherwise early steps push every log-prob the same way)."
+        },
     )
     tb_weight_level: str = field(
         default="sequence",
@@ -128,8 +131,12 @@ class PowerFlowConfig(GRPOConfig):
                 )
             if not math.isfinite(self.log_z_learning_rate) or self.log_z_learning_rate < 0:
                 raise ValueError(f"`log_z_learning_rate` must be >= 0 or None, got {self.log_z_learning_rate}.")
-        if isinstance(self.log_z_init, bool) or not isinstance(self.log_z_init, (int, float)):
-            raise ValueError(f"`log_z_init` must be a number, got {self.log_z_init!r}.")
+        if self.log_z_init is not None and (
+            isinstance(self.log_z_init, bool)
+            or not isinstance(self.log_z_init, (int, float))
+            or not math.isfinite(self.log_z_init)
+        ):
+            raise ValueError(f"`log_z_init` must be a finite number or None, got {self.log_z_init!r}.")
         if not isinstance(self.log_z_detach_features, bool):
             raise ValueError(f"`log_z_detach_features` must be True or False, got {self.log_z_detach_features!r}.")
         if self.log_z_estimator == "group":

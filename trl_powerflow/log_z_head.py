@@ -1,8 +1,10 @@
 r"""The learned log-partition head log Z'_phi(q).
 
 Design (FlowRL-style, see PAPER_NOTES §4): features = masked mean of the policy's last-layer hidden states over the
-prompt tokens; an MLP (Linear(d, d), GELU, LayerNorm, Dropout) x 2, then Linear(d, 1). The output layer starts at
-weight 0 and bias `init`, so log Z'(q) = init for every prompt at step 0.
+prompt tokens; an MLP (Linear(d, d), GELU, LayerNorm, Dropout) x 2, then Linear(d, 1), plus a constant `offset`.
+The output layer starts at 0, so log Z'(q) = offset for every prompt at step 0. The offset is a buffer, not a
+parameter: it is set once (from the first batch when no initial value is given) and is never touched by the
+optimizer, so ZeRO's master weights cannot overwrite it.
 """
 
 import torch
@@ -15,7 +17,7 @@ LOG_Z_HEAD_FILE = "log_z_head.safetensors"
 class LogZHead(nn.Module):
     """MLP mapping a prompt representation (B, d) to log Z'(q) (B,)."""
 
-    def __init__(self, hidden_size: int, dropout: float = 0.0, init: float = 0.0):
+    def __init__(self, hidden_size: int, dropout: float = 0.0, init: float | None = 0.0):
         super().__init__()
         layers = []
         for _ in range(2):
@@ -23,11 +25,19 @@ class LogZHead(nn.Module):
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.out.weight)
-        nn.init.constant_(self.out.bias, init)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("offset", torch.tensor(0.0 if init is None else float(init)))
+        self.register_buffer("initialised", torch.tensor(init is not None))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = features.to(self.out.weight.dtype)
-        return self.out(self.body(features)).squeeze(-1).float()
+        return self.out(self.body(features)).squeeze(-1).float() + self.offset.float()
+
+    @torch.no_grad()
+    def shift(self, delta: float) -> None:
+        """Add `delta` to every log Z'(q) and mark the head as initialised."""
+        self.offset.add_(delta)
+        self.initialised.fill_(True)
 
 
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from trl.trainer.utils import (
 
 from .config import PowerFlowConfig
 from .log_z_head import LOG_Z_HEAD_ATTR, LOG_Z_HEAD_FILE, LogZHead, is_log_z_param, masked_mean, split_log_z_state_dict
-from .losses import effective_sample_size, group_log_z, k3_kl, powerflow_loss, sequence_stats
+from .losses import effective_sample_size, group_log_z, k3_kl, powerflow_loss, sequence_stats, tb_residual
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
 _FORWARD_KEYS = (
@@ -320,6 +320,8 @@ class PowerFlowTrainer(GRPOTrainer):
 
         base_logps = inputs["base_per_token_logps"]
         old_logps = inputs.get("old_per_token_logps")
+        if self.log_z_head is not None and mode == "train" and not bool(self.log_z_head.initialised):
+            log_z = log_z + self._initialise_log_z(per_token_logps, base_logps, mask, log_z, inputs["psi"])
         loss, stats = powerflow_loss(
             per_token_logps,
             base_logps,
@@ -349,6 +351,18 @@ class PowerFlowTrainer(GRPOTrainer):
             totals = self.accelerator.reduce(torch.stack([(per_token_kl * mask).sum(), mask.sum().float()]), "sum")
             self._metrics[mode]["kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
         return loss
+
+    @torch.no_grad()
+    def _initialise_log_z(self, per_token_logps, base_logps, mask, log_z, psi):
+        """Shift the head so the first batch's mean residual (over all processes) is 0; return the shift."""
+        residual = tb_residual(
+            per_token_logps.detach(), base_logps, mask, log_z.detach(), self.alpha, psi, self.objective
+        )
+        valid = (mask.sum(-1) > 0).float()
+        totals = self.accelerator.reduce(torch.stack([(residual * valid).sum(), valid.sum()]), reduction="sum")
+        delta = -(totals[0] / totals[1].clamp(min=1.0)).item()
+        self.log_z_head.shift(delta)
+        return delta
 
     def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies):
         """Gather per-sequence statistics once and log TB residual, log Z', per-token log-probs, length and ESS."""
@@ -423,7 +437,7 @@ class PowerFlowTrainer(GRPOTrainer):
             state_dict, head_state = split_log_z_state_dict(state_dict)
             if head_state and self.args.should_save:
                 os.makedirs(output_dir, exist_ok=True)
-                head_state = {k: v.detach().float().cpu().contiguous() for k, v in head_state.items()}
+                head_state = {k: v.detach().cpu().contiguous() for k, v in head_state.items()}
                 save_file(head_state, os.path.join(output_dir, LOG_Z_HEAD_FILE))
         super()._save(output_dir, state_dict=state_dict)
 
@@ -437,9 +451,7 @@ class PowerFlowTrainer(GRPOTrainer):
                     f"Checkpoint {resume_from_checkpoint} has no {LOG_Z_HEAD_FILE}: it was not written by a "
                     "PowerFlowTrainer with a learned log-partition head."
                 )
-            state = load_file(path, device="cpu")
-            head_param = next(self.log_z_head.parameters())
-            self.log_z_head.load_state_dict({k: v.to(head_param.dtype) for k, v in state.items()})
+            self.log_z_head.load_state_dict(load_file(path, device="cpu"))
 
 
 def _check_dataset(name, dataset, needs_prompt):

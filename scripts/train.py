@@ -1,0 +1,232 @@
+"""Train with PowerFlow or GRPO from one script: same data, generation settings and logging for both.
+
+    python scripts/train.py --config scripts/recipes/tiny_cpu.yaml
+    python scripts/train.py --trainer grpo --reward_funcs accuracy --config scripts/recipes/tiny_cpu_grpo.yaml
+    accelerate launch --config_file accelerate_configs/zero3.yaml scripts/train.py --config <recipe.yaml>
+
+Every `PowerFlowConfig` / `GRPOConfig` / `trl.ModelConfig` option is a command-line flag or a recipe key. Without
+`--model_name_or_path` an embedded tiny model is built offline; without `--dataset_name` an embedded arithmetic prompt
+set is used.
+"""
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+
+TRAINERS = ("powerflow", "grpo")
+
+
+@dataclass
+class TrainScriptArguments:
+    trainer: str = field(
+        default="powerflow",
+        metadata={
+            "help": "Which trainer to run: 'powerflow' (PowerFlowTrainer) or 'grpo' (GRPOTrainer).",
+            "choices": list(TRAINERS),
+        },
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, local `datasets` directory (save_to_disk) or local JSON/JSONL/CSV/Parquet file. "
+            "None uses the embedded tiny arithmetic prompts."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (hub datasets)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on (when eval is enabled)."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts (text or messages)."})
+    prompt_suffix: str | None = field(
+        default=None, metadata={"help": "Text appended to every prompt, e.g. a \\boxed{} answer instruction."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System message prepended to every prompt."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
+    reward_funcs: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Reward functions by name (see trl_powerflow.rewards.REWARD_FUNCS) or 'module:function'. For "
+            "GRPO they are the reward (required); for PowerFlow their weighted sum is the shaping term psi(y)."
+        },
+    )
+    tiny_model_dir: str = field(
+        default="outputs/tiny-model",
+        metadata={"help": "Where the embedded tiny model is built when --model_name_or_path is not given."},
+    )
+
+
+def trainer_choice(argv: list[str]) -> str:
+    """The trainer named by --trainer, else by the recipe's `trainer` key, else 'powerflow'."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--trainer")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    choice = known.trainer
+    if choice is None and known.config:
+        import yaml
+
+        if not os.path.isfile(known.config):
+            raise FileNotFoundError(f"Recipe {known.config!r} does not exist.")
+        with open(known.config) as f:
+            choice = (yaml.safe_load(f) or {}).get("trainer")
+    choice = choice or "powerflow"
+    if choice not in TRAINERS:
+        raise ValueError(f"`trainer` must be one of {list(TRAINERS)}, got {choice!r}.")
+    return choice
+
+
+def early_distributed_init():
+    """ZeRO-3 builds the model partitioned inside `from_pretrained`, which needs the process group to exist first."""
+    if (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ):
+        import deepspeed
+        import torch
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def parse(argv: list[str]):
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    from trl_powerflow import PowerFlowConfig
+
+    choice = trainer_choice(argv)
+    config_cls = PowerFlowConfig if choice == "powerflow" else GRPOConfig
+    parser = TrlParser((TrainScriptArguments, config_cls, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    script_args.trainer = choice
+    return script_args, training_args, model_args
+
+
+def resolve_model(script_args, training_args, model_args) -> str:
+    """A loadable model id or path; builds the embedded tiny model when none is given. Fails before training."""
+    if model_args.model_name_or_path is None:
+        from trl_powerflow.tiny_models import save_tiny_model
+
+        with training_args.main_process_first(desc="build the embedded tiny model"):
+            return save_tiny_model(script_args.tiny_model_dir)
+    name = model_args.model_name_or_path
+    if name.startswith((".", "/", "~")) or os.sep in name and os.path.exists(os.path.dirname(name) or "."):
+        if not os.path.isdir(os.path.expanduser(name)):
+            raise FileNotFoundError(f"Model path {name!r} does not exist (pass a model directory or a hub id).")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"Cannot load model {name!r}: it is not a local model directory and could not be found on the hub "
+            f"({type(error).__name__}: {error})."
+        ) from None
+    return name
+
+
+def load_datasets(script_args, training_args):
+    from trl_powerflow.data import load_prompt_dataset
+    from trl_powerflow.tiny_models import tiny_prompt_dataset
+
+    eval_dataset = None
+    if script_args.dataset_name is None:
+        train_dataset = tiny_prompt_dataset(n=script_args.max_train_samples or 64)
+        if training_args.eval_strategy != "no":
+            eval_dataset = tiny_prompt_dataset(n=16, seed=1)
+        return train_dataset, eval_dataset
+    common = dict(
+        config=script_args.dataset_config,
+        prompt_column=script_args.prompt_column,
+        prompt_suffix=script_args.prompt_suffix,
+        system_prompt=script_args.system_prompt,
+    )
+    train_dataset = load_prompt_dataset(
+        script_args.dataset_name,
+        split=script_args.dataset_train_split,
+        max_samples=script_args.max_train_samples,
+        **common,
+    )
+    if training_args.eval_strategy != "no":
+        eval_dataset = load_prompt_dataset(script_args.dataset_name, split=script_args.dataset_test_split, **common)
+    return train_dataset, eval_dataset
+
+
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    early_distributed_init()
+    script_args, training_args, model_args = parse(argv)
+
+    from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import GRPOTrainer, get_peft_config, get_quantization_config
+
+    from trl_powerflow import PowerFlowTrainer
+
+    model_path = resolve_model(script_args, training_args, model_args)
+    train_dataset, eval_dataset = load_datasets(script_args, training_args)
+    if script_args.trainer == "grpo" and not script_args.reward_funcs:
+        raise ValueError("GRPO needs at least one reward: pass --reward_funcs (e.g. accuracy).")
+
+    quantization_config = get_quantization_config(model_args)
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        padding_side="left",
+        truncation_side="left",
+    )
+    reward_funcs = []
+    if script_args.reward_funcs:
+        from trl_powerflow.rewards import get_reward_funcs
+
+        reward_funcs = get_reward_funcs(script_args.reward_funcs, tokenizer=tokenizer)
+    trainer_cls = PowerFlowTrainer if script_args.trainer == "powerflow" else GRPOTrainer
+    trainer = trainer_cls(
+        model=model_path,
+        reward_funcs=reward_funcs or None,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        quantization_config=quantization_config,
+    )
+    for reward in reward_funcs:  # model-based rewards (self-certainty, entropy) score with the live policy
+        if hasattr(reward, "model") and reward.model is None:
+            reward.model = trainer.model
+
+    checkpoint = training_args.resume_from_checkpoint
+    if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "last"):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no checkpoint "
+                f"in {training_args.output_dir}."
+            )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        print(f"Saved the trained model to {training_args.output_dir}")
+    shutdown()
+    return trainer
+
+
+def shutdown():
+    """Tear the process group down, so multi-process runs exit cleanly."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
