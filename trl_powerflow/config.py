@@ -13,7 +13,7 @@ WEIGHT_LEVELS = ("sequence", "sequence_mean")
 
 # GRPOConfig options that only shape GRPO's advantage/surrogate loss. PowerFlow replaces that loss, so a non-default
 # value would be silently ignored; instead it is rejected with the reason below.
-_GRPO_ONLY_OPTIONS = {
+GRPO_OPTIONS_REJECTED = {
     "loss_type": "PowerFlow replaces GRPO's surrogate loss; choose the PowerFlow loss with `objective`.",
     "scale_rewards": "PowerFlow uses no advantages; rewards enter unnormalised as the shaping term psi(y).",
     "multi_objective_aggregation": "rewards enter the LA-TB target as their weighted sum psi(y); nothing is "
@@ -32,6 +32,72 @@ _GRPO_ONLY_OPTIONS = {
     "use_adaptive_entropy": "an entropy bonus changes the fixed point away from p_base^alpha.",
     "sync_ref_model": "the target p_base^alpha is defined by the frozen starting model; it must not move.",
     "router_aux_loss_coef": "the MoE load-balancing loss is not added to the LA-TB loss.",
+}
+
+
+# GRPOConfig options that keep their GRPO meaning under PowerFlow (with what they do there). Together with
+# `GRPO_OPTIONS_REJECTED` this covers every field GRPOConfig adds to TrainingArguments (checked by a test).
+GRPO_OPTIONS_KEPT = {
+    "model_init_kwargs": "as in GRPO; also used to load the frozen base model from the policy's path",
+    "trust_remote_code": "as in GRPO",
+    "disable_dropout": "as in GRPO; also disables the log-partition head's dropout",
+    "cast_lm_head_to_fp32": "as in GRPO, for the policy and the base model",
+    "num_generations": "completions per prompt (the group of the 'group' log Z estimator)",
+    "num_generations_eval": "as in GRPO",
+    "max_completion_length": "as in GRPO; completions that hit it count as terminal",
+    "ds3_gather_for_generation": "as in GRPO",
+    "shuffle_dataset": "as in GRPO",
+    "pad_to_multiple_of": "as in GRPO",
+    "generation_batch_size": "as in GRPO",
+    "steps_per_generation": "as in GRPO; reused generations get the clipped weight w",
+    "temperature": "sampling temperature only: the loss always uses temperature-1 log-probs (TB is off-policy)",
+    "top_p": "sampling only (TB is off-policy)",
+    "top_k": "sampling only (TB is off-policy)",
+    "min_p": "sampling only (TB is off-policy)",
+    "generation_kwargs": "as in GRPO (sampling only)",
+    "chat_template_kwargs": "as in GRPO",
+    "repetition_penalty": "sampling only (TB is off-policy)",
+    "cache_implementation": "as in GRPO",
+    "use_vllm": "as in GRPO; the log-partition head is never sent to vLLM",
+    "vllm_mode": "as in GRPO",
+    "vllm_model_impl": "as in GRPO",
+    "vllm_enable_sleep_mode": "as in GRPO",
+    "vllm_structured_outputs_regex": "as in GRPO",
+    "vllm_server_base_url": "as in GRPO",
+    "vllm_server_host": "as in GRPO",
+    "vllm_server_port": "as in GRPO",
+    "vllm_server_timeout": "as in GRPO",
+    "vllm_group_port": "as in GRPO",
+    "vllm_gpu_memory_utilization": "as in GRPO",
+    "vllm_max_model_length": "as in GRPO",
+    "vllm_tensor_parallel_size": "as in GRPO",
+    "beta": "adds beta * the k3 KL estimate towards the base model to the TB loss, as GRPO does",
+    "num_iterations": "as in GRPO; reused generations get the clipped weight w",
+    "epsilon": "lower clip of the TB importance weight: w >= 1 - epsilon",
+    "epsilon_high": "upper clip of the TB importance weight: w <= 1 + epsilon_high (default: epsilon)",
+    "reward_weights": "weights of the reward functions in psi(y) = sum_i weight_i * reward_i",
+    "mask_truncated_completions": "truncated completions get zero length and are left out of the loss",
+    "ref_model_mixup_alpha": "only used with sync_ref_model, which PowerFlow rejects",
+    "ref_model_sync_steps": "only used with sync_ref_model, which PowerFlow rejects",
+    "entropy_coef_min": "only used with use_adaptive_entropy, which PowerFlow rejects",
+    "entropy_coef_max": "only used with use_adaptive_entropy, which PowerFlow rejects",
+    "entropy_coef_delta": "only used with use_adaptive_entropy, which PowerFlow rejects",
+    "entropy_target": "only used with use_adaptive_entropy, which PowerFlow rejects",
+    "max_tool_calling_iterations": "as in GRPO; tool-output tokens are masked out of |y| and the log-probs",
+    "vllm_importance_sampling_correction": "defaults to False; True is rejected (TB needs no sampler correction)",
+    "vllm_importance_sampling_mode": "only used with vllm_importance_sampling_correction",
+    "vllm_importance_sampling_clip_max": "only used with vllm_importance_sampling_correction",
+    "vllm_importance_sampling_clip_min": "only used with vllm_importance_sampling_correction",
+    "vllm_importance_sampling_cap": "only used with vllm_importance_sampling_correction",
+    "use_bias_correction_kl": "as in GRPO, for the beta KL term",
+    "log_completions": "as in GRPO",
+    "log_multimodal": "as in GRPO",
+    "num_completions_to_print": "as in GRPO",
+    "log_unique_prompts": "as in GRPO",
+    "log_completions_hub_repo": "as in GRPO",
+    "use_transformers_continuous_batching": "as in GRPO",
+    "transformers_continuous_batching_config": "as in GRPO",
+    "use_transformers_paged": "as in GRPO",
 }
 
 
@@ -166,7 +232,7 @@ class PowerFlowConfig(GRPOConfig):
         if self.max_completion_length is not None and self.max_completion_length < 1:
             raise ValueError(f"`max_completion_length` must be >= 1, got {self.max_completion_length}.")
         defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
-        for name, reason in _GRPO_ONLY_OPTIONS.items():
+        for name, reason in GRPO_OPTIONS_REJECTED.items():
             if getattr(self, name) != defaults[name]:
                 raise ValueError(
                     f"`{name}={getattr(self, name)!r}` does not apply to PowerFlow: {reason} Leave it at its default "
