@@ -383,7 +383,9 @@ class PowerFlowTrainer(GRPOTrainer):
                 ],
                 dim=1,
             )
-            res, weight, valid, log_z, s_pi, s_base, length, ent = self.accelerator.gather(per_seq).unbind(1)
+            # One gather and one device-to-host copy per micro-batch; everything below runs on the CPU.
+            gathered = self.accelerator.gather(per_seq).float().cpu()
+            res, weight, valid, log_z, s_pi, s_base, length, ent = gathered.unbind(1)
             valid = valid.bool()
             metrics = self._metrics[mode]
             tokens = length.sum().clamp(min=1.0)
