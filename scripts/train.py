@@ -75,16 +75,24 @@ def trainer_choice(argv: list[str]) -> str:
     return choice
 
 
-def early_distributed_init():
-    """ZeRO-3 builds the model partitioned inside `from_pretrained`, which needs the process group to exist first."""
-    if (
-        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    ):
-        import deepspeed
-        import torch
+def prepare_distributed_environment(argv: list[str]) -> list[str]:
+    """Before any config is built, on a machine without a GPU: make `accelerate launch` processes join one gloo group
+    (alone, each would train by itself, or DeepSpeed would see a world of one); and for DeepSpeed create the process
+    group early, because ZeRO-3 builds the model partitioned inside `from_pretrained`. Returns the argv to parse."""
+    import torch
 
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if multi_process and not deepspeed and not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if multi_process and deepspeed:
+        import deepspeed as ds
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "gloo" and not any(arg.startswith("--ddp_backend") for arg in argv):
+            argv = [*argv, "--ddp_backend", "gloo"]
+        ds.init_distributed(dist_backend=backend)
+    return argv
 
 
 def parse(argv: list[str]):
@@ -154,7 +162,7 @@ def load_datasets(script_args, training_args):
 
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
-    early_distributed_init()
+    argv = prepare_distributed_environment(argv)
     script_args, training_args, model_args = parse(argv)
 
     from transformers import AutoTokenizer
@@ -163,6 +171,13 @@ def main(argv: list[str] | None = None):
 
     from trl_powerflow import PowerFlowTrainer
 
+    state = training_args.distributed_state
+    if state.is_main_process:
+        print(
+            f"[train.py] trainer={script_args.trainer} processes={state.num_processes} "
+            f"distributed_type={state.distributed_type.value} device={state.device}",
+            flush=True,
+        )
     model_path = resolve_model(script_args, training_args, model_args)
     train_dataset, eval_dataset = load_datasets(script_args, training_args)
     if script_args.trainer == "grpo" and not script_args.reward_funcs:
