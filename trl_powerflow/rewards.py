@@ -60,6 +60,7 @@ __all__ = [
     "make_semantic_entropy_reward",
     "negative_entropy",
     "prompt_token_ids",
+    "reference_answer",
     "self_certainty",
     "semantic_entropy",
     "semantic_entropy_reward",
@@ -214,7 +215,7 @@ def answers_equivalent(a: str | None, b: str | None) -> bool:
         return False
 
 
-def _reference_answer(reference) -> str | None:
+def reference_answer(reference) -> str | None:
     r"""A reference label as a bare answer: str() of it, or the content of its last ``\boxed{}`` if it has one."""
     if reference is None:
         return None
@@ -232,8 +233,8 @@ def accuracy_reward(prompts, completions, answer=None, **kwargs) -> list[float]:
     r"""Supervised verifier reward: r = 1[extract_boxed(completion) ~ answer], else 0.
 
     `~` is `answers_equivalent` (whitespace-insensitive string match or math-verify equivalence, so ``\frac{1}{2}``
-    matches ``0.5``). A completion without a (non-empty) ``\boxed{}`` answer gets 0. The reference comes from the dataset column
-    ``answer`` (converted with str(); if it itself contains a ``\boxed{}``, its content is used).
+    matches ``0.5``). A completion without a (non-empty) ``\boxed{}`` answer gets 0. The reference comes from the
+    dataset column ``answer`` (converted with str(); if it itself contains a ``\boxed{}``, its content is used).
     """
     if answer is None:
         raise ValueError("accuracy_reward needs the reference answers: the dataset must have an `answer` column.")
@@ -242,12 +243,15 @@ def accuracy_reward(prompts, completions, answer=None, **kwargs) -> list[float]:
     rewards = []
     for completion, reference in zip(completions, answer):
         predicted = extract_answer(completion)
-        rewards.append(1.0 if answers_equivalent(predicted, _reference_answer(reference)) else 0.0)
+        rewards.append(1.0 if answers_equivalent(predicted, reference_answer(reference)) else 0.0)
     return rewards
 
 
 def boxed_format_reward(prompts, completions, **kwargs) -> list[float]:
-    r"""Format shaping psi of the paper: psi = 0.0 if the completion has a non-empty ``\boxed{...}`` answer, else -0.5."""
+    r"""Format shaping psi of the paper: psi = 0.0 if the completion has a ``\boxed{...}`` answer, else -0.5.
+
+    (An empty ``\boxed{}`` does not count, see `extract_answer`.)
+    """
     return [0.0 if extract_answer(c) is not None else -0.5 for c in completions]
 
 
