@@ -41,6 +41,9 @@ class TrainScriptArguments:
         default=None, metadata={"help": "Text appended to every prompt, e.g. a \\boxed{} answer instruction."}
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System message prepended to every prompt."})
+    prompt_as_chat: bool = field(
+        default=False, metadata={"help": "Wrap plain-text prompts in a user message so the chat template applies."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
     reward_funcs: list[str] = field(
         default_factory=list,
@@ -148,6 +151,7 @@ def load_datasets(script_args, training_args):
         prompt_column=script_args.prompt_column,
         prompt_suffix=script_args.prompt_suffix,
         system_prompt=script_args.system_prompt,
+        as_chat=script_args.prompt_as_chat,
     )
     train_dataset = load_prompt_dataset(
         script_args.dataset_name,

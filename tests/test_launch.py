@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trl_powerflow.rewards import REWARD_FUNCS
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
 RECIPE = REPO / "scripts" / "recipes" / "tiny_cpu.yaml"
@@ -229,3 +231,4 @@ def test_every_recipe_parses_into_a_valid_config():
             assert training_args.alpha > 0
         else:
             assert script_args.reward_funcs
+        assert set(script_args.reward_funcs) <= set(REWARD_FUNCS), recipe.name

@@ -15,11 +15,13 @@ def load_prompt_dataset(
     prompt_suffix: str | None = None,
     system_prompt: str | None = None,
     max_samples: int | None = None,
+    as_chat: bool = False,
 ) -> Dataset:
     """Load one split and return it with a `prompt` column (plain text or a list of chat messages).
 
     `prompt_suffix` is appended to the (last user message of the) prompt, e.g. a "put the answer in \\boxed{}"
-    instruction; `system_prompt` is prepended as a system message (or as text for plain prompts).
+    instruction; `system_prompt` is prepended as a system message (or as text for plain prompts); `as_chat` turns
+    plain-text prompts into a single user message, so that the model's chat template is applied.
     """
     dataset = _load_split(name_or_path, config, split)
     if prompt_column not in dataset.column_names:
@@ -36,6 +38,8 @@ def load_prompt_dataset(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     _check_prompt(dataset[0]["prompt"], name_or_path)
+    if as_chat and isinstance(dataset[0]["prompt"], str):
+        dataset = dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
     if prompt_suffix or system_prompt:
         dataset = dataset.map(lambda row: {"prompt": edit_prompt(row["prompt"], prompt_suffix, system_prompt)})
     return dataset
