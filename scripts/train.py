@@ -99,6 +99,10 @@ def prepare_distributed_environment(argv: list[str]) -> list[str]:
 
 
 def parse(argv: list[str]):
+    """Parse the CLI and recipe. One recipe serves both trainers: with `--trainer grpo` the recipe's PowerFlow-only
+    keys (alpha, objective, ...) are ignored with a notice; any other unknown key is an error."""
+    import dataclasses
+
     from trl import GRPOConfig, ModelConfig, TrlParser
 
     from trl_powerflow import PowerFlowConfig
@@ -106,7 +110,22 @@ def parse(argv: list[str]):
     choice = trainer_choice(argv)
     config_cls = PowerFlowConfig if choice == "powerflow" else GRPOConfig
     parser = TrlParser((TrainScriptArguments, config_cls, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    *parsed, from_config, from_cli = parser.parse_args_and_config(
+        args=argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    script_args, training_args, model_args = parsed
+    if from_cli:
+        raise ValueError(f"Unknown command-line arguments for --trainer {choice}: {from_cli}.")
+    keys = [item[2:] for item in from_config if item.startswith("--")]
+    powerflow_only = {f.name for f in dataclasses.fields(PowerFlowConfig)} - {
+        f.name for f in dataclasses.fields(GRPOConfig)
+    }
+    ignored = [key for key in keys if choice == "grpo" and key in powerflow_only]
+    unknown = [key for key in keys if key not in ignored]
+    if unknown:
+        raise ValueError(f"Unknown arguments from config file: {unknown}. Remove them or fix their spelling.")
+    if ignored and training_args.distributed_state.is_main_process:
+        print(f"[train.py] --trainer grpo ignores the recipe's PowerFlow-only keys: {ignored}", flush=True)
     script_args.trainer = choice
     return script_args, training_args, model_args
 
