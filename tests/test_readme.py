@@ -1,0 +1,22 @@
+"""The README's test command is the one CI runs, and every PowerFlow option is documented in it."""
+
+import dataclasses
+from pathlib import Path
+
+from trl import GRPOConfig
+
+from trl_powerflow import PowerFlowConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_commands = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    assert len(ci_commands) == 1
+    assert ci_commands[0].strip() in (REPO / "README.md").read_text()
+
+
+def test_every_powerflow_option_is_in_the_readme_table():
+    readme = (REPO / "README.md").read_text()
+    new = {f.name for f in dataclasses.fields(PowerFlowConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
+    assert new and all(f"`{name}`" in readme for name in new)
