@@ -4,12 +4,14 @@ through the same script, 1- vs 2-process equivalence, kill-and-resume, and error
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -125,24 +127,29 @@ def equal_length_prompts(path):
 
 
 def test_one_and_two_processes_agree(tiny_model_dir, tmp_path):
-    """Same global batch (16 completions) and seed, greedy decoding so both see the same completions.
+    """Same global batch (16 completions) and seed, greedy decoding so both see the same completions, no dropout.
 
-    Tolerance: relative 1e-5 on the loss and log Z', 1e-5 absolute on parameters after two steps. The two runs do the
-    same float32 arithmetic except the order of the cross-process mean of gradients and of the logged statistics, which
-    moves results at the level of float32 rounding (~1e-7 relative), amplified a little by two Adam steps.
+    Tolerance: relative 1e-5 on the step-1 loss, log Z' and residual spread, and 1e-6 absolute on all parameters after
+    the first optimizer step. The runs do the same float32 arithmetic except the order of the cross-process gradient
+    mean and of the metric reductions, which moves results at float32 rounding level (~1e-7 relative). Later steps are
+    not compared element-wise: Adam divides by sqrt(v), so parameters whose gradients are ~0 (here the head's hidden
+    layers, whose gradient is 0 while its zero-initialised output layer is 0) turn rounding noise into lr-sized moves.
     """
     data = equal_length_prompts(tmp_path / "prompts.jsonl")
     common = ["--dataset_name", data, "--num_generations", "4", "--generation_kwargs", '{"do_sample": false}',
-              "--max_completion_length", "12"]  # fmt: skip
+              "--max_completion_length", "12", "--disable_dropout", "true", "--save_steps", "1"]  # fmt: skip
     run(None, base_args(tiny_model_dir, tmp_path / "one", *common, "--per_device_train_batch_size", "16"))
     run("cpu_ddp.yaml", base_args(tiny_model_dir, tmp_path / "two", *common, "--per_device_train_batch_size", "8"))
     one, two = history(tmp_path / "one", 2), history(tmp_path / "two", 2)
     for key in ("loss", "powerflow/log_z_mean", "powerflow/residual_std", "powerflow/policy_logp_per_token"):
         assert two[0][key] == pytest.approx(one[0][key], rel=1e-5, abs=1e-7), key
+    for step in (1, 2):
+        assert two[step - 1]["powerflow/log_z_mean"] == pytest.approx(one[step - 1]["powerflow/log_z_mean"], rel=1e-5)
     for name in ("model.safetensors", "log_z_head.safetensors"):
-        a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+        a = load_file(tmp_path / "one" / "checkpoint-1" / name)
+        b = load_file(tmp_path / "two" / "checkpoint-1" / name)
         for key in a:
-            torch.testing.assert_close(b[key].float(), a[key].float(), rtol=1e-5, atol=1e-5, msg=key)
+            torch.testing.assert_close(b[key].float(), a[key].float(), rtol=0, atol=1e-6, msg=key)
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
@@ -160,13 +167,17 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
         time.sleep(0.05)
     time.sleep(0.3)  # let the checkpoint finish writing its last files
     assert process.poll() is None, "the run ended before it could be killed"
+    # torchrun starts its workers in sessions of their own: kill the whole process tree, workers first.
+    tree = psutil.Process(process.pid).children(recursive=True)
+    for child in tree:
+        child.kill()
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    psutil.wait_procs(tree, timeout=30)
+    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in tree)
     assert not (killed / "checkpoint-6").exists() and not (killed / "model.safetensors").exists()
-    for late in killed.glob("checkpoint-*"):
+    for late in killed.glob("*checkpoint-*"):
         if late.name != "checkpoint-2":  # keep the state "stopped after checkpoint 2"
-            import shutil
-
             shutil.rmtree(late)
 
     run("cpu_ddp.yaml", base_args(tiny_model_dir, killed, *extra, "--resume_from_checkpoint", "last"))
