@@ -49,6 +49,8 @@ def test_is_a_grpo_config_with_documented_fields():
         ({"objective": "tb_subtraj"}, "objective"),
         ({"log_z_estimator": "mlp"}, "log_z_estimator"),
         ({"log_z_learning_rate": -1e-3}, "log_z_learning_rate"),
+        ({"learning_rate": -1e-6}, "learning_rate"),
+        ({"learning_rate": "1e-6"}, "learning_rate"),
         ({"log_z_learning_rate": "fast"}, "log_z_learning_rate"),
         ({"log_z_detach_features": "yes"}, "log_z_detach_features"),
         ({"log_z_init": "zero"}, "log_z_init"),

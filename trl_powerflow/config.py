@@ -229,6 +229,10 @@ class PowerFlowConfig(GRPOConfig):
                 "trained on samples from any sampler, so no correction towards vLLM's sampler is needed. Set it to "
                 "False."
             )
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)):
+            raise ValueError(f"`learning_rate` must be a number >= 0, got {self.learning_rate!r}.")
+        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:
+            raise ValueError(f"`learning_rate` must be >= 0, got {self.learning_rate}.")
         if self.max_completion_length is not None and self.max_completion_length < 1:
             raise ValueError(f"`max_completion_length` must be >= 1, got {self.max_completion_length}.")
         defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
