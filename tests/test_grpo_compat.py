@@ -111,6 +111,7 @@ def test_kept_options_train(tiny_model_dir, tmp_path, case):
         # with max_completion_length=2 most completions are truncated and masked: fewer tokens in the loss
         lengths = logged(trainer, "powerflow/completion_length")
         assert min(lengths) < 2.0
+        assert max(logged(trainer, "powerflow/frac_no_tokens")) > 0.0
     if case == "log_completions":
         assert os.listdir(os.path.join(args.output_dir, "completions"))
     if case == "eval":

@@ -398,6 +398,8 @@ class PowerFlowTrainer(GRPOTrainer):
             metrics["powerflow/base_logp_per_token"].append((s_base.sum() / tokens).item())
             metrics["powerflow/completion_length"].append(length.mean().item())
             metrics["powerflow/ess"].append(effective_sample_size(weight, valid).item())
+            # completions with no tokens left (e.g. masked truncations) are not in the loss: say how many
+            metrics["powerflow/frac_no_tokens"].append(1.0 - valid.float().mean().item())
             if valid.any():
                 w = weight[valid]
                 clipped = (w <= 1 - self.epsilon_low + 1e-6) | (w >= 1 + self.epsilon_high - 1e-6)
