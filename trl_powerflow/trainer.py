@@ -132,6 +132,7 @@ class PowerFlowTrainer(GRPOTrainer):
         self.objective = args.objective
         self._rewards_per_func = None
         self._captured_hidden = None
+        self._log_z_ready = False
 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         if self.temperature != 1.0:
@@ -320,8 +321,11 @@ class PowerFlowTrainer(GRPOTrainer):
 
         base_logps = inputs["base_per_token_logps"]
         old_logps = inputs.get("old_per_token_logps")
-        if self.log_z_head is not None and mode == "train" and not bool(self.log_z_head.initialised):
-            log_z = log_z + self._initialise_log_z(per_token_logps, base_logps, mask, log_z, inputs["psi"])
+        if self.log_z_head is not None and mode == "train" and not self._log_z_ready:
+            # Read the buffer once (it may come from a checkpoint); afterwards a Python flag avoids a device sync.
+            if not bool(self.log_z_head.initialised):
+                log_z = log_z + self._initialise_log_z(per_token_logps, base_logps, mask, log_z, inputs["psi"])
+            self._log_z_ready = True
         loss, stats = powerflow_loss(
             per_token_logps,
             base_logps,
