@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from datasets import Dataset, IterableDataset
+from helpers import logged, powerflow_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 from trl import GRPOConfig
 
@@ -52,27 +53,7 @@ def test_rejected_options_raise_with_reason(name):
 
 
 def args_for(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        max_completion_length=8,
-        num_generations=4,
-        per_device_train_batch_size=4,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-2,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-        gradient_checkpointing=False,
-    )
-    defaults.update(kwargs)
-    return PowerFlowConfig(**defaults)
-
-
-def logged(trainer, key):
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
+    return powerflow_args(tmp_path, **{"gradient_checkpointing": False, **kwargs})
 
 
 KEPT_RUNS = {

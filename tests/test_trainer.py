@@ -7,32 +7,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 from datasets import Dataset
+from helpers import logged, powerflow_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig
 
-from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
+from trl_powerflow import PowerFlowTrainer
 from trl_powerflow.log_z_head import LOG_Z_HEAD_FILE
 from trl_powerflow.tiny_models import tiny_prompt_dataset
 
 
 def make_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        max_completion_length=8,
-        num_generations=4,
-        per_device_train_batch_size=4,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-2,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return PowerFlowConfig(**defaults)
+    return powerflow_args(tmp_path, **kwargs)
 
 
 def dataset(n=8, conversational=True):
@@ -43,10 +29,6 @@ def batch_of(trainer):
     """One generation batch, exactly as the training loop builds it."""
     trainer.model.train()
     return trainer._generate_and_score_completions([dataset()[i] for i in range(trainer.args.generation_batch_size)])
-
-
-def logged(trainer, key):
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
 
 
 @torch.no_grad()
