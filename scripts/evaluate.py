@@ -35,6 +35,18 @@ def parse_args(argv=None):
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=0, help="0 disables top-k filtering.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--method",
+        default="sample",
+        choices=["sample", "power_sampling"],
+        help="'sample': one pass per completion; 'power_sampling': Metropolis-Hastings sampling of p^alpha "
+        "(Karan & Du 2025; training-free; --temperature/--top_p/--top_k are then unused).",
+    )
+    parser.add_argument("--alpha", type=float, default=4.0, help="power_sampling: power of the target p^alpha.")
+    parser.add_argument("--mcmc_steps", type=int, default=10, help="power_sampling: MH steps per block.")
+    parser.add_argument(
+        "--block_size", type=int, default=None, help="power_sampling: block length (default: one block)."
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="Prompts per generate call.")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU), float32, bfloat16 or float16.")
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
@@ -111,6 +123,10 @@ def main(argv=None):
         chat_template_kwargs=json.loads(args.chat_template_kwargs) if args.chat_template_kwargs else None,
         num_examples=args.num_examples,
         name=args.name or args.model,
+        method=args.method,
+        alpha=args.alpha,
+        mcmc_steps=args.mcmc_steps,
+        block_size=args.block_size,
     )
     result["settings"].update(
         {

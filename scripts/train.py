@@ -56,6 +56,16 @@ class TrainScriptArguments:
         default="outputs/tiny-model",
         metadata={"help": "Where the embedded tiny model is built when --model_name_or_path is not given."},
     )
+    layer_entropy_every: int = field(
+        default=0,
+        metadata={
+            "help": "Log the entropy of every internal layer policy (logit lens, `layer_entropy/{l}`) every this "
+            "many steps, on completions of a fixed probe set of prompts (trl_powerflow.logit_lens). 0 disables."
+        },
+    )
+    layer_entropy_prompts: int = field(
+        default=4, metadata={"help": "Probe prompts of --layer_entropy_every (the first evaluation/training ones)."}
+    )
 
 
 def trainer_choice(argv: list[str]) -> str:
@@ -106,9 +116,11 @@ def parse(argv: list[str]):
     from trl import GRPOConfig, ModelConfig, TrlParser
 
     from trl_powerflow import PowerFlowConfig
+    from trl_powerflow.bupo import BuPOGRPOConfig, BuPOPowerFlowConfig
 
     choice = trainer_choice(argv)
-    config_cls = PowerFlowConfig if choice == "powerflow" else GRPOConfig
+    # The BuPO configs are PowerFlowConfig / GRPOConfig plus `bupo_layer` (default None: off) and `bupo_steps`.
+    config_cls = BuPOPowerFlowConfig if choice == "powerflow" else BuPOGRPOConfig
     parser = TrlParser((TrainScriptArguments, config_cls, ModelConfig))
     *parsed, from_config, from_cli = parser.parse_args_and_config(
         args=argv, return_remaining_strings=True, separate_remaining_strings=True
@@ -193,6 +205,7 @@ def main(argv: list[str] | None = None):
     from trl import GRPOTrainer, get_peft_config, get_quantization_config
 
     from trl_powerflow import PowerFlowTrainer
+    from trl_powerflow.bupo import BuPOGRPOTrainer, BuPOPowerFlowTrainer
 
     state = training_args.distributed_state
     if state.is_main_process:
@@ -226,7 +239,10 @@ def main(argv: list[str] | None = None):
         from trl_powerflow.rewards import get_reward_funcs
 
         reward_funcs = get_reward_funcs(script_args.reward_funcs, tokenizer=tokenizer)
-    trainer_cls = PowerFlowTrainer if script_args.trainer == "powerflow" else GRPOTrainer
+    if training_args.bupo_layer is not None:
+        trainer_cls = BuPOPowerFlowTrainer if script_args.trainer == "powerflow" else BuPOGRPOTrainer
+    else:
+        trainer_cls = PowerFlowTrainer if script_args.trainer == "powerflow" else GRPOTrainer
     trainer = trainer_cls(
         model=model_path,
         reward_funcs=reward_funcs or None,
@@ -240,6 +256,18 @@ def main(argv: list[str] | None = None):
     for reward in reward_funcs:  # model-based rewards (self-certainty, entropy) score with the live policy
         if hasattr(reward, "model") and reward.model is None:
             reward.model = trainer.model
+    if script_args.layer_entropy_every:
+        from trl_powerflow.logit_lens import LayerEntropyCallback, install_first
+
+        probe = (eval_dataset if eval_dataset is not None else train_dataset)["prompt"]
+        callback = LayerEntropyCallback(
+            tokenizer,
+            list(probe[: script_args.layer_entropy_prompts]),
+            every_steps=script_args.layer_entropy_every,
+            max_new_tokens=training_args.max_completion_length,
+            chat_template_kwargs=training_args.chat_template_kwargs,
+        )
+        install_first(trainer, callback)
 
     checkpoint = training_args.resume_from_checkpoint
     if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "last"):

@@ -20,6 +20,7 @@ METRIC_KEYS = {
     "maj@3",
     "answer_fraction",
     "mean_completion_tokens",
+    "forward_passes_per_answer",
     "truncated_fraction",
     "distinct_1",
     "distinct_2",

@@ -12,6 +12,8 @@ and averaged over prompts):
 - ``answer_fraction`` fraction of completions with a (non-empty) ``\boxed{}`` answer.
 - ``mean_completion_tokens`` generated tokens up to and including the first EOS; ``truncated_fraction`` fraction
   without EOS within ``max_new_tokens``.
+- ``forward_passes_per_answer`` sampled tokens (= incremental forward passes of the decoder) per answer: the
+  completion length for one-pass sampling, all proposal tokens for power sampling.
 - ``distinct_1`` / ``distinct_2`` (whitespace n-grams), ``distinct_answer_fraction``, ``semantic_diversity`` (mean
   pairwise cosine distance of all-MiniLM-L6-v2 embeddings; None when the embedder is unavailable or disabled).
 
@@ -55,6 +57,7 @@ _TABLE_COLUMNS = (
     ("distinct_2", "distinct-2"),
     ("distinct_answer_fraction", "distinct answers"),
     ("semantic_diversity", "semantic div."),
+    ("forward_passes_per_answer", "fwd/answer"),
 )
 
 
@@ -240,12 +243,21 @@ def evaluate_model(
     num_examples: int = 3,
     return_completions: bool = False,
     name: str | None = None,
+    method: str = "sample",
+    alpha: float = 4.0,
+    mcmc_steps: int = 10,
+    block_size: int | None = None,
 ) -> dict:
     """Sample `num_samples` completions per prompt of `dataset` and compute the metrics of the module docstring.
 
     `dataset`: a `datasets.Dataset` or a list of dicts with a `prompt_column` (strings or chat messages) and,
     optionally, `answer_column` (reference answers; accuracy metrics are None without it). `embedder`: "auto" loads
     all-MiniLM-L6-v2 if installed, None disables semantic diversity, or an object with ``.encode`` / a callable.
+
+    `method`: "sample" (one pass per completion with the settings above) or "power_sampling" (Karan & Du's
+    Metropolis–Hastings sampler of p^alpha, `trl_powerflow.power_sampling`, with `alpha`, `mcmc_steps` and
+    `block_size`; temperature / top_p / top_k are then unused: its proposal is the model at temperature 1/alpha).
+    ``forward_passes_per_answer`` is the mean number of sampled tokens (= incremental forward passes) per answer.
 
     Returns ``{"name", "metrics", "settings", "samples"}`` (+ ``"completions"`` when `return_completions`): metrics
     keyed as in the module docstring with "@k" spelled out (e.g. ``"avg@4"``, ``"pass@4"``, ``"maj@4"``, plus
@@ -265,19 +277,38 @@ def evaluate_model(
     prompts = [row[prompt_column] for row in rows]
     references = [reference_answer(row[answer_column]) for row in rows] if has_answers else [None] * len(rows)
 
-    groups = generate_completions(
-        model,
-        tokenizer,
-        prompts,
-        num_samples=num_samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        batch_size=batch_size,
-        seed=seed,
-        chat_template_kwargs=chat_template_kwargs,
-    )
+    if method == "sample":
+        groups = generate_completions(
+            model,
+            tokenizer,
+            prompts,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            batch_size=batch_size,
+            seed=seed,
+            chat_template_kwargs=chat_template_kwargs,
+        )
+    elif method == "power_sampling":
+        from .power_sampling import power_sampling_completions
+
+        groups = power_sampling_completions(
+            model,
+            tokenizer,
+            prompts,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            alpha=alpha,
+            mcmc_steps=mcmc_steps,
+            block_size=block_size,
+            batch_size=batch_size,
+            seed=seed,
+            chat_template_kwargs=chat_template_kwargs,
+        )
+    else:
+        raise ValueError(f"`method` must be 'sample' or 'power_sampling', got {method!r}.")
     answers = [[extract_answer(sample["text"]) for sample in group] for group in groups]
     k = num_samples
 
@@ -297,6 +328,7 @@ def evaluate_model(
     metrics["answer_fraction"] = _mean([float(a is not None) for group in answers for a in group])
     metrics["mean_completion_tokens"] = _mean([s["num_tokens"] for s in samples_flat])
     metrics["truncated_fraction"] = _mean([float(s["truncated"]) for s in samples_flat])
+    metrics["forward_passes_per_answer"] = _mean([s.get("forward_passes", s["num_tokens"]) for s in samples_flat])
     texts = [[sample["text"] for sample in group] for group in groups]
     metrics["distinct_1"] = _mean([distinct_n(group, 1) for group in texts])
     metrics["distinct_2"] = _mean([distinct_n(group, 2) for group in texts])
@@ -314,7 +346,10 @@ def evaluate_model(
         "max_prompts": max_prompts,
         "prompt_column": prompt_column,
         "answer_column": answer_column if has_answers else None,
+        "method": method,
     }
+    if method == "power_sampling":
+        settings.update({"alpha": alpha, "mcmc_steps": mcmc_steps, "block_size": block_size})
     samples = []
     for i in range(min(num_examples, len(rows))):
         samples.append(
