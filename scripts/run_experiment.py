@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+r"""The small-scale experiment of docs/experiment: pretrain the tiny bases, compare every method, write the results.
+
+    OMP_NUM_THREADS=1 python scripts/run_experiment.py --output_dir outputs/experiment --docs_dir docs/experiment
+
+1. Reasoning: `scripts/pretrain_tiny_base.py --task reasoning` pretrains a tiny Qwen2 on noisy worked solutions of
+   the digit-chain task (`trl_powerflow.synthetic_tasks`); `scripts/compare.py` then trains base / supervised GRPO /
+   Intuitor / entropy minimisation / TTRL / EMPO / PowerFlow (alpha 4 and 0.5, -traj and -token ablations) from it
+   with one shared recipe and budget, and evaluates every checkpoint on held-out problems.
+2. Creative: `--task creative` pretrains a diverse base on rhyming couplets and an over-sharpened "aligned" model
+   from it; `compare.py` starts every method from the aligned model (PowerFlow alpha 0.5 and 2, GRPO with the
+   poem-quality reward, Intuitor, entropy minimisation) and also evaluates the pre-alignment base as a reference.
+3. Copies each comparison's results.md / results.json / plots to `--docs_dir`/{reasoning,creative}/ and writes
+   `--docs_dir`/results.md with both tables, the base models' statistics, the command and the wall times.
+
+Every stage is seeded; finished stages are reused on a re-run (pass --force to redo them). `--quick` shrinks every
+stage to a smoke run (minutes) and writes nothing to the docs unless --docs_dir is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")
+RECIPE = os.path.join(ROOT, "scripts", "recipes", "tiny_cpu.yaml")
+
+# Shared by every method of a task (on top of scripts/recipes/tiny_cpu.yaml): 8 prompts x 8 completions per step,
+# sampling at temperature 1, one learning rate for all (no per-method tuning), constant schedule.
+REASONING_TRAIN_ARGS = (
+    "--per_device_train_batch_size 64 --num_generations 8 --max_completion_length 48 --learning_rate 1e-4"
+)
+CREATIVE_TRAIN_ARGS = (
+    "--per_device_train_batch_size 64 --num_generations 8 --max_completion_length 32 --learning_rate 1e-4"
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="outputs/experiment")
+    parser.add_argument("--docs_dir", default=None, help="Where to copy tables and plots (e.g. docs/experiment).")
+    parser.add_argument("--tasks", nargs="+", default=["reasoning", "creative"], choices=["reasoning", "creative"])
+    parser.add_argument("--reasoning_steps", type=int, default=100, help="RL steps per method (reasoning).")
+    parser.add_argument("--creative_steps", type=int, default=60, help="RL steps per method (creative).")
+    parser.add_argument("--eval_every", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="Redo finished stages.")
+    parser.add_argument("--quick", action="store_true", help="Smoke run: tiny pretraining, 2 RL steps, 2 methods.")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str], log_path: str) -> float:
+    """Run a repo script as a subprocess (output to `log_path` and echoed), return its wall time."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    command = [sys.executable, *argv]
+    print("$ " + shlex.join(command), flush=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+        )
+        for line in process.stdout:
+            log.write(line)
+            if line.startswith(("[pretrain]", "[compare]")):
+                print("  " + line.rstrip(), flush=True)
+        code = process.wait()
+    if code != 0:
+        raise SystemExit(f"{shlex.join(command)} failed with exit code {code}; see {log_path}")
+    return time.time() - start
+
+
+def pretrain_argv(args, task: str, out: str) -> list[str]:
+    argv = [
+        os.path.join(SCRIPTS, "pretrain_tiny_base.py"),
+        "--task",
+        task,
+        "--output_dir",
+        out,
+        "--seed",
+        str(args.seed),
+    ]
+    if args.quick:  # defaults otherwise: see pretrain_tiny_base.py (128 hidden, 2 layers; 1000 / 500+100 steps)
+        argv += ["--steps", "20", "--aligned_steps", "5", "--eval_samples", "2"]
+        argv += ["--num_train_prompts", "16", "--num_eval_prompts", "4"] if task == "reasoning" else []
+    elif task == "creative":
+        argv += ["--eval_samples", "16"]
+    return argv + (["--force"] if args.force else [])
+
+
+def compare_argv(args, task: str, data: str, out: str) -> list[str]:
+    common = [
+        os.path.join(SCRIPTS, "compare.py"),
+        "--output_dir", out,
+        "--config", os.path.relpath(RECIPE),
+        "--dataset_name", os.path.join(data, "train.jsonl"),
+        "--eval_dataset", os.path.join(data, "eval.jsonl"),
+        "--seed", str(args.seed),
+    ]  # fmt: skip
+    if task == "reasoning":
+        steps = 2 if args.quick else args.reasoning_steps
+        argv = common + [
+            "--title", "Digit-chain reasoning (tiny Qwen2 base)",
+            "--model_name_or_path", os.path.join(data, "base"),
+            "--max_steps", str(steps),
+            "--num_samples", "8",
+            "--max_new_tokens", "48",
+            "--embedder", "none",
+            "--task_metrics", "trl_powerflow.synthetic_tasks:chain_metrics",
+            "--diversity_metric", "distinct_answer_fraction",
+            "--alpha_high", "4", "--alpha_low", "0.5",
+            "--train_args", REASONING_TRAIN_ARGS,
+        ]  # fmt: skip
+        if args.quick:
+            argv += ["--methods", "base", "grpo_accuracy", "powerflow", "--eval_max_prompts", "4"]
+    else:
+        steps = 2 if args.quick else args.creative_steps
+        quality_reward = "trl_powerflow.synthetic_tasks:poem_quality_reward"
+        argv = common + [
+            "--title", "Rhyming couplets (tiny over-sharpened 'aligned' model)",
+            "--model_name_or_path", os.path.join(data, "aligned"),
+            "--max_steps", str(steps),
+            "--num_samples", "16",
+            "--max_new_tokens", "32",
+            "--task_metrics", "trl_powerflow.synthetic_tasks:poem_metrics",
+            "--quality_metric", "quality",
+            "--diversity_metric", "distinct_poems",
+            "--alpha_high", "2", "--alpha_low", "0.5",
+            "--method", f"pre_alignment_base=none --model_name_or_path {os.path.join(data, 'base')}",
+            "--method", f"grpo_quality=grpo --reward_funcs {quality_reward}",
+            "--train_args", CREATIVE_TRAIN_ARGS,
+        ]  # fmt: skip
+        methods = ["base", "pre_alignment_base", "grpo_quality", "intuitor", "entropy_min", "powerflow_low_alpha"]
+        methods += [] if args.quick else ["powerflow"]
+        argv += ["--methods", *(methods[:3] + methods[-1:] if args.quick else methods)]
+        if args.quick:
+            argv += ["--embedder", "none", "--num_samples", "2"]
+    argv += ["--eval_every", str(1 if args.quick else args.eval_every)]
+    return argv + (["--force"] if args.force else [])
+
+
+def summary(args, timings: dict, command: str) -> str:
+    lines = ["# Small-scale experiment: results", ""]
+    lines += ["Regenerate everything (pretraining, all runs, tables, plots) with:", "", "```bash", command, "```", ""]
+    total = sum(timings.values())
+    lines.append(
+        "Wall time of that run: "
+        + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings.items())
+        + f"; total {total / 60:.1f} min (2-core CPU, OMP_NUM_THREADS=1, shared with other jobs)."
+    )
+    for task in args.tasks:
+        data = os.path.join(args.output_dir, task)
+        with open(os.path.join(data, "pretrain.json")) as f:
+            pretrain = json.load(f)
+        lines += ["", f"## {task}: starting models", ""]
+        lines.append(
+            f"Tiny Qwen2, {pretrain['parameters']:,} parameters, pretrained for {pretrain['settings']['steps']} steps "
+            f"({pretrain['train_seconds'] / 60:.1f} min)."
+        )
+        for name, check in pretrain.get("check", {}).items():
+            shown = ", ".join(
+                f"{k} {v:.3f}"
+                for k, v in check["metrics"].items()
+                if isinstance(v, float) and not k.startswith("dist")
+            )
+            lines.append(f"- `{name}` (pretraining check, {check['metrics']['num_samples']} samples/prompt): {shown}")
+        with open(os.path.join(data, "compare", "results.md")) as f:
+            body = f.read().split("\n", 1)[1]  # drop the title line
+        lines += ["", f"### {task}: comparison", body.replace("\n## ", "\n#### ")]
+        lines += ["", f"Plots: `{task}/accuracy_vs_step.png`, `{task}/length_vs_step.png`, "
+                  f"`{task}/quality_vs_diversity.png`."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    os.makedirs(args.output_dir, exist_ok=True)
+    command = "OMP_NUM_THREADS=1 python scripts/run_experiment.py " + shlex.join(argv)
+    timings = {}
+    for task in args.tasks:
+        data = os.path.join(args.output_dir, task)
+        os.makedirs(data, exist_ok=True)
+        timings[f"{task} pretraining"] = run(pretrain_argv(args, task, data), os.path.join(data, "pretrain.log"))
+        out = os.path.join(data, "compare")
+        timings[f"{task} comparison"] = run(compare_argv(args, task, data, out), os.path.join(data, "compare.log"))
+    if args.docs_dir:
+        for task in args.tasks:
+            source = os.path.join(args.output_dir, task, "compare")
+            target = os.path.join(args.docs_dir, task)
+            os.makedirs(target, exist_ok=True)
+            for name in ("results.md", "results.json", "accuracy_vs_step.png", "length_vs_step.png",
+                         "quality_vs_diversity.png"):  # fmt: skip
+                shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+            shutil.copyfile(
+                os.path.join(args.output_dir, task, "pretrain.json"), os.path.join(target, "pretrain.json")
+            )
+        with open(os.path.join(args.docs_dir, "results.md"), "w") as f:
+            f.write(summary(args, timings, command))
+        print(f"[experiment] wrote {args.docs_dir}/results.md")
+    print(f"[experiment] done in {sum(timings.values()) / 60:.1f} min: " + json.dumps(timings))
+
+
+if __name__ == "__main__":
+    main()
