@@ -350,10 +350,8 @@ class PowerFlowTrainer(GRPOTrainer):
         if mode == "train":
             loss = loss / self.current_gradient_accumulation_steps  # GRPOTrainer scales the loss for accumulation
 
-        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies)
-        if self.beta != 0.0:
-            totals = self.accelerator.reduce(torch.stack([(per_token_kl * mask).sum(), mask.sum().float()]), "sum")
-            self._metrics[mode]["kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        kl = kl_sum.detach() if self.beta != 0.0 else None
+        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl)
         return loss
 
     @torch.no_grad()
@@ -368,7 +366,7 @@ class PowerFlowTrainer(GRPOTrainer):
         self.log_z_head.shift(delta)
         return delta
 
-    def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies):
+    def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum=None):
         """Gather per-sequence statistics once and log TB residual, log Z', per-token log-probs, length and ESS."""
         with torch.no_grad():
             s_pi, length = sequence_stats(per_token_logps.detach(), mask)
@@ -384,12 +382,13 @@ class PowerFlowTrainer(GRPOTrainer):
                     s_base,
                     length,
                     ent,
+                    torch.zeros_like(ent) if kl_sum is None else kl_sum.float(),
                 ],
                 dim=1,
             )
             # One gather and one device-to-host copy per micro-batch; everything below runs on the CPU.
             gathered = self.accelerator.gather(per_seq).float().cpu()
-            res, weight, valid, log_z, s_pi, s_base, length, ent = gathered.unbind(1)
+            res, weight, valid, log_z, s_pi, s_base, length, ent, kl = gathered.unbind(1)
             valid = valid.bool()
             metrics = self._metrics[mode]
             tokens = length.sum().clamp(min=1.0)
@@ -410,6 +409,8 @@ class PowerFlowTrainer(GRPOTrainer):
                 metrics["powerflow/weight_mean"].append(w.mean().item())
                 metrics["powerflow/weight_clip_ratio"].append(clipped.float().mean().item())
             metrics["entropy"].append((ent.sum() / tokens).item())
+            if kl_sum is not None:  # beta > 0: token-weighted mean k3 KL to the base model, as GRPO logs it
+                metrics["kl"].append((kl.sum() / tokens).item())
 
     @torch.no_grad()
     def _per_token_logps(self, batch, base: bool):
