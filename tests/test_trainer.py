@@ -213,8 +213,13 @@ def test_loss_log_probs_are_temperature_one(tiny_model_dir, tmp_path):
     torch.testing.assert_close(policy * batch["completion_mask"], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_group_estimator_is_the_group_mean_and_has_no_head(tiny_model_dir, tmp_path):
-    args = make_args(tmp_path, log_z_estimator="group", alpha=2.0)
+@pytest.mark.parametrize("num_iterations", [1, 2])
+def test_group_estimator_is_the_group_mean_and_has_no_head(tiny_model_dir, tmp_path, num_iterations):
+    """Reused generations: log Z is computed at generation time. On-policy: inside the loss, from the loss forward's
+    own log-probs (no extra policy forward). Both equal the group mean computed here independently."""
+    import trl_powerflow.trainer as trainer_module
+
+    args = make_args(tmp_path, log_z_estimator="group", alpha=2.0, num_iterations=num_iterations)
     trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
     assert trainer.log_z_head is None and not any("log_z_head" in n for n, _ in trainer.model.named_parameters())
     batch = batch_of(trainer)
@@ -223,7 +228,23 @@ def test_group_estimator_is_the_group_mean_and_has_no_head(tiny_model_dir, tmp_p
     policy = reference_logps(trainer.model, batch)
     per_token_gap = 2.0 * batch["base_per_token_logps"].mul(mask).sum(-1) / length - policy.sum(-1) / length
     expected = per_token_gap.view(-1, 4).mean(-1).repeat_interleave(4)
-    torch.testing.assert_close(batch["group_log_z"], expected, atol=1e-5, rtol=1e-5)
+    used = {}
+    original = trainer_module.powerflow_loss
+
+    def spy(*args, **kwargs):
+        used["log_z"] = args[3]
+        return original(*args, **kwargs)
+
+    trainer_module.powerflow_loss = spy
+    try:
+        trainer.current_gradient_accumulation_steps = 1
+        order = torch.randperm(mask.size(0))  # the training loop shuffles rows before the loss
+        shuffled = {k: v[order] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+        trainer.compute_loss(trainer.model, shuffled)
+    finally:
+        trainer_module.powerflow_loss = original
+    assert ("group_log_z" in batch) == (num_iterations > 1)
+    torch.testing.assert_close(used["log_z"], expected[order], atol=1e-5, rtol=1e-5)
     trainer.train()
     assert logged(trainer, "powerflow/log_z_mean")
 

@@ -277,15 +277,20 @@ class PowerFlowTrainer(GRPOTrainer):
         output["psi"] = psi[process_slice].to(base_logps.dtype)
 
         if self.args.log_z_estimator == "group":
-            old = output.get("old_per_token_logps")
-            if old is None:
-                old = self._per_token_logps(output, base=False)
-            s_pi, length = sequence_stats(old, mask)
-            s_base, _ = sequence_stats(base_logps, mask)
-            stats = self.accelerator.gather(torch.stack([s_pi, s_base, length, output["psi"]], dim=1))
             num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-            log_z = group_log_z(*stats.unbind(1)[:3], self.alpha, num_generations, stats[:, 3], self.objective)
-            output["group_log_z"] = log_z[process_slice]
+            old = output.get("old_per_token_logps")
+            whole_batch = mode == "eval" or (self.args.steps_per_generation == 1 and self.num_iterations == 1)
+            if old is None and whole_batch:
+                # On-policy and the loss sees this whole batch: compute log Z there from the loss forward's own
+                # (detached) log-probs instead of running a policy forward now; rows carry their global group id.
+                rows = torch.arange(num_local, device=mask.device) + process_slice.start
+                output["group_id"] = rows // num_generations
+            else:
+                if old is None:
+                    old = self._per_token_logps(output, base=False)
+                output["group_log_z"] = self._gathered_group_log_z(old, base_logps, mask, output["psi"], None, mode)[
+                    process_slice
+                ]
         return output
 
     def _compute_loss(self, model, inputs):
@@ -316,8 +321,13 @@ class PowerFlowTrainer(GRPOTrainer):
             if self.args.log_z_detach_features:
                 features = features.detach()
             log_z = self.log_z_head(features)
-        else:
+        elif "group_log_z" in inputs:
             log_z = inputs["group_log_z"]
+        else:
+            local = self._gathered_group_log_z(
+                per_token_logps.detach(), inputs["base_per_token_logps"], mask, inputs["psi"], inputs["group_id"], mode
+            )
+            log_z = local
 
         base_logps = inputs["base_per_token_logps"]
         old_logps = inputs.get("old_per_token_logps")
@@ -353,6 +363,24 @@ class PowerFlowTrainer(GRPOTrainer):
         kl = kl_sum.detach() if self.beta != 0.0 else None
         self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl)
         return loss
+
+    @torch.no_grad()
+    def _gathered_group_log_z(self, policy_logps, base_logps, mask, psi, group_id, mode):
+        """Group log Z over all processes. Without `group_id` the gathered rows are in group order and every row's
+        value is returned; with it (rows shuffled) the values of this process's rows are returned."""
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        s_pi, length = sequence_stats(policy_logps, mask)
+        s_base, _ = sequence_stats(base_logps, mask)
+        columns = [s_pi, s_base, length, psi.to(s_pi.dtype)]
+        if group_id is not None:
+            columns.append(group_id.to(s_pi.dtype))
+        stats = self.accelerator.gather(torch.stack(columns, dim=1))
+        if group_id is None:
+            return group_log_z(*stats.unbind(1)[:3], self.alpha, num_generations, stats[:, 3], self.objective)
+        order = torch.argsort(stats[:, 4], stable=True)  # group ids 0..K-1, each num_generations times
+        s_pi, s_base, length, psi, _ = stats[order].unbind(1)
+        per_group = group_log_z(s_pi, s_base, length, self.alpha, num_generations, psi, self.objective)
+        return per_group.view(-1, num_generations)[:, 0][group_id.long()]
 
     @torch.no_grad()
     def _initialise_log_z(self, per_token_logps, base_logps, mask, log_z, psi):
