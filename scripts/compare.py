@@ -97,6 +97,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--eval_split", default="train", help="Split of --eval_dataset (files have only 'train').")
     parser.add_argument("--config", default=DEFAULT_RECIPE, help="Shared train.py recipe for every method.")
+    parser.add_argument("--prompt_column", default="prompt", help="Prompt column (training and evaluation data).")
+    parser.add_argument(
+        "--answer_column",
+        default="answer",
+        help="Reference answers of the evaluation data (the training `accuracy` reward reads the column 'answer').",
+    )
+    parser.add_argument("--prompt_suffix", default=None, help="Appended to every prompt (training and evaluation).")
+    parser.add_argument("--system_prompt", default=None, help="System message for every prompt (training and eval).")
+    parser.add_argument("--prompt_as_chat", action="store_true", help="Wrap plain-text prompts in a user message.")
     parser.add_argument("--methods", nargs="+", default=None, help="Methods to run (default: all, in order).")
     parser.add_argument(
         "--method",
@@ -208,6 +217,14 @@ def train_argv(args, method: Method, run_dir: str, model_path: str) -> list[str]
     argv = ["--config", args.config, "--trainer", method.trainer, "--model_name_or_path", model_path]
     if args.dataset_name:
         argv += ["--dataset_name", args.dataset_name]
+    if args.prompt_column != "prompt":
+        argv += ["--prompt_column", args.prompt_column]
+    if args.prompt_suffix:
+        argv += ["--prompt_suffix", args.prompt_suffix]
+    if args.system_prompt:
+        argv += ["--system_prompt", args.system_prompt]
+    if args.prompt_as_chat:
+        argv += ["--prompt_as_chat", "true"]
     argv += [
         "--output_dir", run_dir,
         "--max_steps", str(args.max_steps),
@@ -280,13 +297,24 @@ def training_log(run_dir: str) -> list[dict]:
 
 def load_eval_rows(args) -> list[dict]:
     if args.eval_dataset is None:
+        from trl_powerflow.data import edit_prompt
         from trl_powerflow.tiny_models import tiny_prompt_dataset
 
         rows = [dict(r) for r in tiny_prompt_dataset(n=args.eval_max_prompts or 16, seed=1)]
+        for row in rows:
+            row["prompt"] = edit_prompt(row["prompt"], args.prompt_suffix, args.system_prompt)
     else:
         from trl_powerflow.data import load_prompt_dataset
 
-        dataset = load_prompt_dataset(args.eval_dataset, split=args.eval_split, max_samples=args.eval_max_prompts)
+        dataset = load_prompt_dataset(
+            args.eval_dataset,
+            split=args.eval_split,
+            prompt_column=args.prompt_column,
+            prompt_suffix=args.prompt_suffix,
+            system_prompt=args.system_prompt,
+            max_samples=args.eval_max_prompts,
+            as_chat=args.prompt_as_chat,
+        )
         rows = [dict(r) for r in dataset]
     return rows[: args.eval_max_prompts] if args.eval_max_prompts else rows
 
@@ -327,6 +355,7 @@ class Evaluator:
             "num_prompts": len(self.rows),
             "task_metrics": a.task_metrics,
             "semantic_diversity": self.embedder is not None,
+            **({"answer_column": a.answer_column} if a.answer_column != "answer" else {}),
         }
 
     def __call__(self, model_path: str) -> dict:
@@ -351,13 +380,17 @@ class Evaluator:
             seed=self.args.seed,
             batch_size=self.args.eval_batch_size,
             embedder=self.embedder,
+            answer_column=self.args.answer_column,
             return_completions=True,
             num_examples=2,
         )
         completions = result.pop("completions")
+        task_keys = []
         if self.task_metrics is not None:
-            result["metrics"].update(self.task_metrics(self.rows, completions))
-        return {"metrics": result["metrics"], "samples": result["samples"]}
+            extra = self.task_metrics(self.rows, completions)
+            task_keys = list(extra)
+            result["metrics"].update(extra)
+        return {"metrics": result["metrics"], "task_metric_keys": task_keys, "samples": result["samples"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,11 +428,10 @@ def table_columns(results: dict, k: int) -> list[tuple[str, str]]:
         ("semantic_diversity", "semantic div."),
     ]
     finals = [r["evals"][-1]["metrics"] for r in results.values() if r.get("evals")]
-    standard = {key for key, _ in columns} | {"num_prompts", "num_samples", "pass@1", "answer_fraction", "distinct_1"}
-    extra = []
-    for metrics in finals:
-        for key in metrics:
-            if key not in standard and key not in extra:
+    extra = []  # the --task_metrics keys, in their order
+    for result in results.values():
+        for key in result["evals"][-1].get("task_metric_keys", []) if result.get("evals") else []:
+            if key not in extra:
                 extra.append(key)
     columns = [(key, label) for key, label in columns if any(m.get(key) is not None for m in finals)]
     if all(not m.get("answer_fraction") for m in finals):  # no \boxed{} answers at all (e.g. a creative task)
@@ -605,6 +637,7 @@ def main(argv=None) -> dict:
             "evals": [],
         }
         print(f"[compare] {name}: {method.description}", flush=True)
+        method_start = time.time()
         try:
             if method.trainer is None:
                 evaluation = evaluator(start_model)
@@ -629,6 +662,7 @@ def main(argv=None) -> dict:
             failures.append(name)
             print(f"[compare] {name} FAILED: {result['error']}", flush=True)
         else:
+            result["wall_seconds"] = time.time() - method_start  # training + evaluations of this method
             os.makedirs(run_dir, exist_ok=True)
             with open(cached_path, "w") as f:
                 json.dump(result, f, indent=2)
@@ -650,6 +684,8 @@ def main(argv=None) -> dict:
         "quality_metric": args.quality_metric or default_quality_metric(some_metrics, k),
         "diversity_metric": args.diversity_metric or default_diversity_metric(some_metrics),
         "wall_seconds": time.time() - started,
+        # time the methods took when they ran (cached methods keep theirs): the cost of the whole comparison
+        "compute_seconds": sum(r.get("wall_seconds", 0.0) for r in results.values()),
         "failures": failures,
     }
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:

@@ -247,7 +247,7 @@ def main(argv=None):
     record = {"task": args.task, "settings": vars(args), "parameters": sum(p.numel() for p in model.parameters())}
 
     if args.task == "reasoning":
-        steps = args.steps or 1000
+        steps = record["steps"] = args.steps or 1000
         # Disjoint prompt sets: evaluation (seed + 1000), RL training (seed + 2000); pretraining never sees either.
         eval_rows = chain_rows(args.num_eval_prompts, seed=args.seed + 1000)
         train_rows = [
@@ -263,7 +263,7 @@ def main(argv=None):
         save(model, tokenizer, os.path.join(args.output_dir, "base"))
         models = {"base": os.path.join(args.output_dir, "base")}
     else:
-        steps = args.steps or 500
+        steps = record["steps"] = args.steps or 500
         # Prompts: every topic in every phrasing for training, one phrasing per topic for evaluation (label-free task:
         # there is no answer to leak; the evaluation measures quality and diversity of the samples).
         train_rows = creative_rows(templates=(0, 1, 2))

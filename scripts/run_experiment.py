@@ -67,9 +67,7 @@ def run(argv: list[str], log_path: str) -> float:
     print("$ " + shlex.join(command), flush=True)
     start = time.time()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
-        )
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
         for line in process.stdout:
             log.write(line)
             if line.startswith(("[pretrain]", "[compare]")):
@@ -149,31 +147,52 @@ def compare_argv(args, task: str, data: str, out: str) -> list[str]:
     return argv + (["--force"] if args.force else [])
 
 
-def summary(args, timings: dict, command: str) -> str:
+CHECK_KEYS = {
+    "reasoning": ("avg@k", "pass@k", "maj@k", "mean_completion_tokens", "guess_fraction", "guess_accuracy",
+                  "worked_accuracy", "step_error_rate"),
+    "creative": ("quality", "rhyme_fraction", "topic_fraction", "distinct_poems", "distinct_valid_poems",
+                 "mean_completion_tokens"),
+}  # fmt: skip
+
+
+def recorded_seconds(args) -> dict[str, float]:
+    """Time each stage took when it actually ran (a re-run that reuses finished stages keeps their times)."""
+    seconds = {}
+    for task in args.tasks:
+        data = os.path.join(args.output_dir, task)
+        with open(os.path.join(data, "pretrain.json")) as f:
+            seconds[f"{task} pretraining"] = json.load(f)["total_seconds"]
+        with open(os.path.join(data, "compare", "results.json")) as f:
+            seconds[f"{task} comparison"] = json.load(f)["info"]["compute_seconds"]
+    return seconds
+
+
+def summary(args, command: str) -> str:
     lines = ["# Small-scale experiment: results", ""]
     lines += ["Regenerate everything (pretraining, all runs, tables, plots) with:", "", "```bash", command, "```", ""]
-    total = sum(timings.values())
+    seconds = recorded_seconds(args)
     lines.append(
-        "Wall time of that run: "
-        + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings.items())
-        + f"; total {total / 60:.1f} min (2-core CPU, OMP_NUM_THREADS=1, shared with other jobs)."
+        "Time per stage: "
+        + ", ".join(f"{name} {value / 60:.1f} min" for name, value in seconds.items())
+        + f"; total {sum(seconds.values()) / 60:.1f} min (2-core CPU, OMP_NUM_THREADS=1, shared with other jobs; "
+        "process start-up and plotting not included)."
     )
     for task in args.tasks:
         data = os.path.join(args.output_dir, task)
         with open(os.path.join(data, "pretrain.json")) as f:
             pretrain = json.load(f)
         lines += ["", f"## {task}: starting models", ""]
+        steps = pretrain["losses"][-1]["step"]
+        aligned = f", then {pretrain['aligned_losses'][-1]['step']} steps for `aligned`" if task == "creative" else ""
         lines.append(
-            f"Tiny Qwen2, {pretrain['parameters']:,} parameters, pretrained for {pretrain['settings']['steps']} steps "
-            f"({pretrain['train_seconds'] / 60:.1f} min)."
+            f"Tiny Qwen2, {pretrain['parameters']:,} parameters, pretrained for {steps} steps of "
+            f"{pretrain['settings']['batch_size']} sequences{aligned} ({pretrain['total_seconds'] / 60:.1f} min)."
         )
         for name, check in pretrain.get("check", {}).items():
-            shown = ", ".join(
-                f"{k} {v:.3f}"
-                for k, v in check["metrics"].items()
-                if isinstance(v, float) and not k.startswith("dist")
-            )
-            lines.append(f"- `{name}` (pretraining check, {check['metrics']['num_samples']} samples/prompt): {shown}")
+            metrics = check["metrics"]
+            keys = [key.replace("@k", f"@{metrics['num_samples']}") for key in CHECK_KEYS[task]]
+            shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None)
+            lines.append(f"- `{name}` ({metrics['num_prompts']} prompts x {metrics['num_samples']} samples): {shown}")
         with open(os.path.join(data, "compare", "results.md")) as f:
             body = f.read().split("\n", 1)[1]  # drop the title line
         lines += ["", f"### {task}: comparison", body.replace("\n## ", "\n#### ")]
@@ -206,9 +225,9 @@ def main(argv=None):
                 os.path.join(args.output_dir, task, "pretrain.json"), os.path.join(target, "pretrain.json")
             )
         with open(os.path.join(args.docs_dir, "results.md"), "w") as f:
-            f.write(summary(args, timings, command))
+            f.write(summary(args, command))
         print(f"[experiment] wrote {args.docs_dir}/results.md")
-    print(f"[experiment] done in {sum(timings.values()) / 60:.1f} min: " + json.dumps(timings))
+    print(f"[experiment] done in {sum(timings.values()) / 60:.1f} min (this invocation): " + json.dumps(timings))
 
 
 if __name__ == "__main__":

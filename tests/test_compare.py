@@ -51,6 +51,7 @@ def test_quick_run_end_to_end(tiny_model_dir, tmp_path):
     assert list(methods) == ["base", "grpo_accuracy", "powerflow"]
     assert info["quality_metric"] == "avg@2" and info["failures"] == []
     assert info["eval_settings"]["num_samples"] == 2 and info["eval_settings"]["num_prompts"] == 2
+    assert info["compute_seconds"] >= sum(methods[n]["train_seconds"] for n in ("grpo_accuracy", "powerflow"))
 
     assert [e["step"] for e in methods["base"]["evals"]] == [0]
     for name in ("grpo_accuracy", "powerflow"):
@@ -71,6 +72,7 @@ def test_quick_run_end_to_end(tiny_model_dir, tmp_path):
             assert 0.0 <= m["distinct_answer_fraction"] <= 1.0
             assert m["semantic_diversity"] is None  # --quick disables the embedder
             assert 0.0 <= m["guess_fraction"] <= 1.0  # the --task_metrics hook ran
+            assert e["task_metric_keys"][0] == "guess_fraction"
     assert "--reward_funcs" in methods["grpo_accuracy"]["train_args"]
     assert methods["grpo_accuracy"]["uses_labels"] and not methods["powerflow"]["uses_labels"]
     powerflow_args = methods["powerflow"]["train_args"]
@@ -78,6 +80,7 @@ def test_quick_run_end_to_end(tiny_model_dir, tmp_path):
 
     table = (out / "results.md").read_text()
     assert "| grpo_accuracy |" in table and "| powerflow |" in table and "python scripts/compare.py" in table
+    assert "| guess fraction |" in table  # task metrics become columns
 
     # a re-run reuses the finished methods (no retraining) and rewrites the same table
     completed = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -114,3 +117,23 @@ def test_checkpoints_listing(tmp_path):
     found = compare.checkpoints(str(tmp_path), 12)
     assert found == [(5, str(tmp_path / "checkpoint-5")), (10, str(tmp_path / "checkpoint-10")), (12, str(tmp_path))]
     assert compare.checkpoints(str(tmp_path), 10)[-1] == (10, str(tmp_path / "checkpoint-10"))
+
+
+def test_prompt_options_reach_training_and_evaluation(tmp_path):
+    compare = load_compare()
+    data = tmp_path / "eval.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    args = compare.parse_args(
+        ["--output_dir", "x", "--eval_dataset", str(data), "--prompt_column", "question", "--prompt_as_chat"]
+        + ["--prompt_suffix", " Box it.", "--system_prompt", "Be brief."]
+    )
+    rows = compare.load_eval_rows(args)
+    assert rows[0]["prompt"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 2? Box it."},
+    ]
+    argv = compare.train_argv(args, compare.resolve_methods(args)["powerflow"], "run", "model")
+    expected = {"--prompt_column": "question", "--prompt_suffix": " Box it.", "--prompt_as_chat": "true"}
+    expected["--system_prompt"] = "Be brief."
+    for flag, value in expected.items():
+        assert argv[argv.index(flag) + 1] == value
