@@ -36,7 +36,6 @@ NON_DEFAULT = {
     "entropy_coef": 0.01,
     "use_adaptive_entropy": True,
     "sync_ref_model": True,
-    "router_aux_loss_coef": 0.01,
 }
 
 
@@ -89,9 +88,10 @@ def test_kept_options_train(tiny_model_dir, tmp_path, case):
     if case.startswith("beta"):
         assert logged(trainer, "kl")
     if case == "mask_truncated_completions":
-        # with max_completion_length=2 most completions are truncated and masked: fewer tokens in the loss
+        # with max_completion_length=2 most completions are truncated and masked: fewer tokens in the loss; the
+        # logged length averages only the completions that kept tokens
         lengths = logged(trainer, "powerflow/completion_length")
-        assert min(lengths) < 2.0
+        assert all(0 < length <= 2.0 for length in lengths)
         assert max(logged(trainer, "powerflow/frac_no_tokens")) > 0.0
     if case == "log_completions":
         assert os.listdir(os.path.join(args.output_dir, "completions"))

@@ -224,8 +224,9 @@ class BuPOMixin:
     def _layer_logps(self, model, input_ids, attention_mask, logits_to_keep, compute_entropy):
         """Per-token log-probs (and entropies) of the layer-k policy for the last `logits_to_keep` tokens; zero where
         `attention_mask` is 0, like GRPO's fused head."""
-        captured = getattr(self, "_captured_hidden", None)
-        num_captured = len(captured) if captured is not None else 0
+        request = getattr(self, "_log_z_request", None)
+        if request is not None:  # PowerFlow's log Z head: same (final) features, no gradient above layer k
+            request.detach_features = True
         with self.accelerator.autocast():
             outputs = model(
                 input_ids=input_ids,
@@ -234,8 +235,6 @@ class BuPOMixin:
                 use_cache=False,
                 logits_to_keep=1,
             )
-        if captured is not None:  # PowerFlow's log Z head: same (final) features, no gradient above layer k
-            captured[num_captured:] = [hidden.detach() for hidden in captured[num_captured:]]
         hidden = outputs.hidden_states[self.bupo_layer][:, -logits_to_keep - 1 : -1]
         logits = lens_logits(self._bupo_parts, hidden, self.bupo_layer).float()
         if self._bupo_at_sampling_temperature and self.temperature != 1.0:

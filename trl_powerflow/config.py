@@ -31,7 +31,6 @@ GRPO_OPTIONS_REJECTED = {
     "entropy_coef": "an entropy bonus changes the fixed point away from p_base^alpha; use `alpha` < 1 to flatten.",
     "use_adaptive_entropy": "an entropy bonus changes the fixed point away from p_base^alpha.",
     "sync_ref_model": "the target p_base^alpha is defined by the frozen starting model; it must not move.",
-    "router_aux_loss_coef": "the MoE load-balancing loss is not added to the LA-TB loss.",
 }
 
 
@@ -51,9 +50,9 @@ GRPO_OPTIONS_KEPT = {
     "generation_batch_size": "as in GRPO",
     "steps_per_generation": "as in GRPO; reused generations get the clipped weight w",
     "temperature": "sampling temperature only: the loss always uses temperature-1 log-probs (TB is off-policy)",
-    "top_p": "sampling only (TB is off-policy)",
-    "top_k": "sampling only (TB is off-policy)",
-    "min_p": "sampling only (TB is off-policy)",
+    "top_p": "sampling only; < 1 cuts the sampler's support, so the target holds only on it (warned)",
+    "top_k": "sampling only; > 0 cuts the sampler's support, so the target holds only on it (warned)",
+    "min_p": "sampling only; > 0 cuts the sampler's support, so the target holds only on it (warned)",
     "generation_kwargs": "as in GRPO (sampling only)",
     "chat_template_kwargs": "as in GRPO",
     "repetition_penalty": "sampling only (TB is off-policy)",
@@ -71,12 +70,16 @@ GRPO_OPTIONS_KEPT = {
     "vllm_gpu_memory_utilization": "as in GRPO",
     "vllm_max_model_length": "as in GRPO",
     "vllm_tensor_parallel_size": "as in GRPO",
-    "beta": "adds beta * the k3 KL estimate towards the base model to the TB loss, as GRPO does",
+    "beta": "adds GRPO's KL term (k3 towards the base model, summed over tokens, divided by the step's tokens as "
+    "GRPO's default loss_type 'dapo' does) to the TB loss: same value and gradient as in GRPOTrainer",
+    "router_aux_loss_coef": "as in GRPO: MoE models add router_aux_loss_coef * aux_loss (the architecture's own "
+    "coefficient when None) to the loss and log `aux_loss`",
     "num_iterations": "as in GRPO; reused generations get the clipped weight w",
     "epsilon": "lower clip of the TB importance weight: w >= 1 - epsilon",
     "epsilon_high": "upper clip of the TB importance weight: w <= 1 + epsilon_high (default: epsilon)",
     "reward_weights": "weights of the reward functions in psi(y) = sum_i weight_i * reward_i",
-    "mask_truncated_completions": "truncated completions get zero length and are left out of the loss",
+    "mask_truncated_completions": "truncated completions get zero length and are left out of the loss; their mass is "
+    "then unconstrained by the target (warned at construction)",
     "ref_model_mixup_alpha": "only used with sync_ref_model, which PowerFlow rejects",
     "ref_model_sync_steps": "only used with sync_ref_model, which PowerFlow rejects",
     "entropy_coef_min": "only used with use_adaptive_entropy, which PowerFlow rejects",
@@ -143,6 +146,14 @@ class PowerFlowConfig(GRPOConfig):
         default=None,
         metadata={"help": "Learning rate of the log-partition head. None uses `learning_rate`. Only with 'head'."},
     )
+    log_z_recentre: bool = field(
+        default=True,
+        metadata={
+            "help": "After every optimizer step, shift the head's log Z' by minus the w-weighted mean TB residual of "
+            "that step's completions (all processes): the exact minimiser of the loss over the constant part of "
+            "log Z', so it never lags the policy whatever the learning rates. Only with 'head'."
+        },
+    )
     log_z_detach_features: bool = field(
         default=False,
         metadata={
@@ -203,6 +214,8 @@ class PowerFlowConfig(GRPOConfig):
             or not math.isfinite(self.log_z_init)
         ):
             raise ValueError(f"`log_z_init` must be a finite number or None, got {self.log_z_init!r}.")
+        if not isinstance(self.log_z_recentre, bool):
+            raise ValueError(f"`log_z_recentre` must be True or False, got {self.log_z_recentre!r}.")
         if not isinstance(self.log_z_detach_features, bool):
             raise ValueError(f"`log_z_detach_features` must be True or False, got {self.log_z_detach_features!r}.")
         if self.log_z_estimator == "group":

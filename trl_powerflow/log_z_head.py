@@ -7,6 +7,8 @@ parameter: it is set once (from the first batch when no initial value is given) 
 optimizer, so ZeRO's master weights cannot overwrite it.
 """
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -61,3 +63,32 @@ def split_log_z_state_dict(state_dict: dict) -> tuple[dict, dict]:
         else:
             model_sd[key] = value
     return model_sd, head_sd
+
+
+class LogZRequest:
+    """State of one policy forward whose log Z'(q) is wanted: the prompt length, whether the features are detached,
+    the backbone's last hidden state (set by the backbone hook) and the head outputs (one per forward chunk)."""
+
+    def __init__(self, prompt_length: int, detach_features: bool = False):
+        self.prompt_length = prompt_length
+        self.detach_features = detach_features
+        self.hidden: torch.Tensor | None = None
+        self.log_z: list[torch.Tensor] = []
+
+    def value(self) -> torch.Tensor:
+        if not self.log_z:
+            raise RuntimeError("The policy forward did not reach the log-partition head (no hidden state captured).")
+        return torch.cat(self.log_z, dim=0)
+
+
+_WITH_LOG_Z: dict[type, type] = {}
+
+
+def with_log_z(output, log_z: torch.Tensor):
+    """Return `output` (a `ModelOutput`) with an extra `log_z` field. A real dataclass field, not an added key, so that
+    DDP's output flattening (`find_unused_parameters=True`) rebuilds it and sees the head as used in the forward."""
+    cls = type(output)
+    if cls not in _WITH_LOG_Z:
+        field = ("log_z", torch.Tensor | None, dataclasses.field(default=None))
+        _WITH_LOG_Z[cls] = dataclasses.make_dataclass(f"{cls.__name__}WithLogZ", [field], bases=(cls,))
+    return _WITH_LOG_Z[cls](**output, log_z=log_z)

@@ -100,19 +100,32 @@ def powerflow_loss(
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
     weight_level: str = "sequence",
+    num_sequences: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    r"""PowerFlow loss mean_y[w(y) * r(y)^2] over the sequences with |y| > 0.
+    r"""PowerFlow loss sum_y[w(y) * r(y)^2] / N over the sequences with |y| > 0.
 
+    N is `num_sequences` when given (the trainer passes this micro-batch's share of the completions with tokens in the
+    whole batch, so that every completion weighs the same whatever the split), else the number of valid rows here.
     Returns the scalar loss (0, still differentiable, when no row has tokens) and detached per-sequence tensors
-    `residual`, `weight`, `length` and `valid` for logging.
+    `residual`, `weight`, `length`, `valid`, and the sums `s_pi` = sum_t log pi(y_t), `s_base` = sum_t log p_base(y_t).
     """
-    residual = tb_residual(policy_logps, base_logps, mask, log_z, alpha, psi, objective)
+    s_pi, length = sequence_stats(policy_logps, mask)
+    s_base, _ = sequence_stats(base_logps, mask)
+    residual = residual_from_sums(s_pi, s_base, length, log_z, alpha, psi, objective)
     weight = tb_importance_weights(policy_logps, old_logps, mask, epsilon_low, epsilon_high, weight_level)
-    length = mask.to(residual.dtype).sum(-1)
     valid = (length > 0).to(residual.dtype)
     per_sequence = weight * residual.pow(2) * valid
-    loss = per_sequence.sum() / valid.sum().clamp(min=1.0)
-    stats = {"residual": residual.detach(), "weight": weight, "length": length, "valid": valid.bool()}
+    if num_sequences is None:
+        num_sequences = valid.sum().clamp(min=1.0)
+    loss = per_sequence.sum() / num_sequences
+    stats = {
+        "residual": residual.detach(),
+        "weight": weight,
+        "length": length,
+        "valid": valid.bool(),
+        "s_pi": s_pi.detach(),
+        "s_base": s_base.detach(),
+    }
     return loss, stats
 
 

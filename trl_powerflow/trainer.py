@@ -2,6 +2,8 @@
 
 import copy
 import os
+import textwrap
+import warnings
 
 import torch
 from accelerate.utils import is_peft_model
@@ -19,7 +21,16 @@ from trl.trainer.utils import (
 )
 
 from .config import PowerFlowConfig
-from .log_z_head import LOG_Z_HEAD_ATTR, LOG_Z_HEAD_FILE, LogZHead, is_log_z_param, masked_mean, split_log_z_state_dict
+from .log_z_head import (
+    LOG_Z_HEAD_ATTR,
+    LOG_Z_HEAD_FILE,
+    LogZHead,
+    LogZRequest,
+    is_log_z_param,
+    masked_mean,
+    split_log_z_state_dict,
+    with_log_z,
+)
 from .losses import effective_sample_size, group_log_z, k3_kl, powerflow_loss, sequence_stats, tb_residual
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
@@ -54,6 +65,19 @@ class PowerFlowTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "powerflow"]
     _name = "PowerFlow"
+    _paper = {
+        "title": "PowerFlow: Label-Free Fine-Tuning of Language Models by Matching the Alpha-Power of the Base Model",
+        "id": "2603.18363",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @inproceedings{chen2026powerflow,
+                title        = {{PowerFlow}},
+                author       = {Chen and Chen and Li and Huang},
+                booktitle    = {International Conference on Machine Learning (ICML)},
+                year         = 2026,
+                eprint       = {arXiv:2603.18363},
+            }"""),
+    }
 
     def __init__(
         self,
@@ -97,6 +121,8 @@ class PowerFlowTrainer(GRPOTrainer):
                 "`reward_weights` is set but no `reward_funcs` were given: remove it or pass reward_funcs."
             )
 
+        _warn_undetermined_target(args)
+
         # The frozen base: a copy of an instantiated policy (before PEFT/patching); from its path otherwise.
         base_copy = None
         if peft_config is None and not isinstance(model, str) and not is_peft_model(model):
@@ -106,22 +132,31 @@ class PowerFlowTrainer(GRPOTrainer):
         if peft_config is None and not isinstance(model, str) and is_peft_model(model) and args.beta == 0.0:
             _add_ref_adapter(model)  # GRPOTrainer does this only for beta != 0; PowerFlow always needs the base
 
-        super().__init__(
-            model,
-            reward_funcs=[_no_shaping] if placeholder else reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-            rollout_func=rollout_func,
-            environment_factory=environment_factory,
-        )
+        # With a copy of the in-memory policy as p_base, GRPOTrainer must not load a second reference model from the
+        # policy's path when beta != 0 (another base for the same model and twice the memory): hide beta from it.
+        beta = args.beta
+        if base_copy is not None:
+            args.beta = 0.0
+        try:
+            super().__init__(
+                model,
+                reward_funcs=[_no_shaping] if placeholder else reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                tools=tools,
+                rollout_func=rollout_func,
+                environment_factory=environment_factory,
+            )
+        finally:
+            args.beta = beta
+        self.beta = beta
         if placeholder:  # environments with `get_reward` may have appended real reward sources after it
             self.reward_funcs.pop(0)
             self.reward_func_names.pop(0)
@@ -131,8 +166,9 @@ class PowerFlowTrainer(GRPOTrainer):
         self.alpha = args.alpha
         self.objective = args.objective
         self._rewards_per_func = None
-        self._captured_hidden = None
+        self._log_z_request = None  # LogZRequest of the policy forward in progress, if it needs log Z'(q)
         self._log_z_ready = False
+        self._recentre_sums = torch.zeros(2, dtype=torch.float64)  # sum w*r, sum w over this optimizer step
 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         if self.temperature != 1.0:
@@ -155,6 +191,9 @@ class PowerFlowTrainer(GRPOTrainer):
         self.log_z_head = None
         if args.log_z_estimator == "head":
             self.log_z_head = self._attach_log_z_head(policy)
+            # The head runs inside the forward of the module DDP/DeepSpeed wraps and its output is part of that
+            # forward's output, so DDP with `find_unused_parameters=True` (LoRA, no checkpointing) sees it used.
+            self.model.register_forward_hook(self._log_z_forward_hook, with_kwargs=True)
             user_optimizer, user_scheduler = optimizers
             if user_optimizer is not None:
                 if user_scheduler is not None:
@@ -202,16 +241,33 @@ class PowerFlowTrainer(GRPOTrainer):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
             head = LogZHead(hidden_size, dropout=0.0 if args.disable_dropout else 0.1, init=args.log_z_init)
-        head.to(self.accelerator.device)
+        # Beside the LM head: with `device_map` the backbone's last hidden state is moved there too.
+        lm_head = policy.get_output_embeddings()
+        head.to(lm_head.weight.device if lm_head is not None else self.accelerator.device)
         setattr(policy, LOG_Z_HEAD_ATTR, head)
 
         def capture(module, inputs, output):
-            if self._captured_hidden is not None:
-                hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-                self._captured_hidden.append(hidden)
+            request = self._log_z_request
+            if request is not None:
+                request.hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
         policy.base_model.register_forward_hook(capture)
         return head
+
+    def _log_z_forward_hook(self, module, args, kwargs, output):
+        """Forward hook of the outermost policy module: log Z'(q) from the captured prompt hidden states."""
+        request = self._log_z_request
+        if request is None or request.hidden is None:
+            return None
+        hidden, request.hidden = request.hidden, None
+        attention_mask = kwargs.get("attention_mask")
+        prompt_mask = attention_mask[:, : request.prompt_length].to(hidden.device)
+        features = masked_mean(hidden[:, : request.prompt_length], prompt_mask)
+        if request.detach_features:
+            features = features.detach()
+        log_z = self.log_z_head(features.to(self.log_z_head.out.weight.device))
+        request.log_z.append(log_z)
+        return with_log_z(output, log_z)
 
     def _log_z_param_group(self):
         lr = self.args.log_z_learning_rate
@@ -267,6 +323,8 @@ class PowerFlowTrainer(GRPOTrainer):
         if base_logps is None:
             base_logps = self._per_token_logps(output, base=True)
         output["base_per_token_logps"] = base_logps
+        # Completions with tokens in the whole generation batch (all processes): every one weighs 1/N in the loss.
+        output["num_sequences_in_batch"] = self.accelerator.gather((mask.sum(-1) > 0).sum()).sum()
 
         num_local = mask.size(0)
         process_slice = slice(
@@ -302,32 +360,30 @@ class PowerFlowTrainer(GRPOTrainer):
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         mode = "train" if self.model.training else "eval"
 
-        self._captured_hidden = [] if self.log_z_head is not None else None
+        if self.log_z_head is not None:
+            self._log_z_request = LogZRequest(prompt_ids.size(1), detach_features=self.args.log_z_detach_features)
+        request = self._log_z_request
         try:
-            per_token_logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
                 model,
                 input_ids,
                 attention_mask,
                 completion_ids.size(1),
                 compute_entropy=True,
+                compute_aux_loss=self.aux_loss_enabled,
                 **{k: inputs.get(k) for k in _FORWARD_KEYS},
             )
-            hidden = torch.cat(self._captured_hidden, dim=0) if self.log_z_head is not None else None
         finally:
-            self._captured_hidden = None
+            self._log_z_request = None
 
-        if self.log_z_head is not None:
-            features = masked_mean(hidden[:, : prompt_ids.size(1)], prompt_mask)
-            if self.args.log_z_detach_features:
-                features = features.detach()
-            log_z = self.log_z_head(features)
+        if request is not None:
+            log_z = request.value()
         elif "group_log_z" in inputs:
             log_z = inputs["group_log_z"]
         else:
-            local = self._gathered_group_log_z(
+            log_z = self._gathered_group_log_z(
                 per_token_logps.detach(), inputs["base_per_token_logps"], mask, inputs["psi"], inputs["group_id"], mode
             )
-            log_z = local
 
         base_logps = inputs["base_per_token_logps"]
         old_logps = inputs.get("old_per_token_logps")
@@ -336,6 +392,14 @@ class PowerFlowTrainer(GRPOTrainer):
             if not bool(self.log_z_head.initialised):
                 log_z = log_z + self._initialise_log_z(per_token_logps, base_logps, mask, log_z, inputs["psi"])
             self._log_z_ready = True
+
+        # Every completion with tokens weighs 1/N, N = their number in the generation batch over all processes,
+        # whatever the split: DDP averages the processes, and an optimizer step sees GA/steps_per_generation of it.
+        num_sequences = inputs["num_sequences_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            share = self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            num_sequences, num_tokens = num_sequences * share, num_tokens * share
         loss, stats = powerflow_loss(
             per_token_logps,
             base_logps,
@@ -348,20 +412,25 @@ class PowerFlowTrainer(GRPOTrainer):
             epsilon_low=self.epsilon_low,
             epsilon_high=self.epsilon_high,
             weight_level=self.args.tb_weight_level,
+            num_sequences=num_sequences,
         )
+        kl_sum = None
         if self.beta != 0.0:
+            # GRPO's KL term exactly (its default loss_type 'dapo'): per-token k3, times the differentiable ratio
+            # pi/pi_old with `use_bias_correction_kl`, summed over tokens and divided by the tokens of the step.
             per_token_kl = k3_kl(per_token_logps, base_logps)
-            if self.args.use_bias_correction_kl and old_logps is not None:
-                per_token_kl = per_token_kl * torch.exp(per_token_logps - old_logps).detach()
-            kl_sum, length = sequence_stats(per_token_kl, mask)
-            valid = length > 0
-            seq_kl = kl_sum[valid] / length[valid]
-            loss = loss + self.beta * (seq_kl.sum() / valid.sum().clamp(min=1))
-        if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps  # GRPOTrainer scales the loss for accumulation
+            if self.args.use_bias_correction_kl:
+                old = per_token_logps.detach() if old_logps is None else old_logps
+                per_token_kl = per_token_kl * torch.exp(per_token_logps - old)
+            loss = loss + self.beta * (per_token_kl * mask).sum() / num_tokens
+            kl_sum = sequence_stats(per_token_kl.detach(), mask)[0]
+        if self.aux_loss_enabled:  # MoE load balancing, as GRPOTrainer adds it
+            loss = loss + self.router_aux_loss_coef * aux_loss / (
+                self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            )
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
-        kl = kl_sum.detach() if self.beta != 0.0 else None
-        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl)
+        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum)
         return loss
 
     @torch.no_grad()
@@ -395,10 +464,9 @@ class PowerFlowTrainer(GRPOTrainer):
         return delta
 
     def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum=None):
-        """Gather per-sequence statistics once and log TB residual, log Z', per-token log-probs, length and ESS."""
+        """Gather per-sequence statistics once and log TB residual, log Z', per-token log-probs, length and ESS; in
+        training also add this micro-batch to the step's sums for re-centring log Z'."""
         with torch.no_grad():
-            s_pi, length = sequence_stats(per_token_logps.detach(), mask)
-            s_base, _ = sequence_stats(base_logps, mask)
             ent, _ = sequence_stats(entropies.detach(), mask)
             per_seq = torch.stack(
                 [
@@ -406,9 +474,9 @@ class PowerFlowTrainer(GRPOTrainer):
                     stats["weight"],
                     stats["valid"].float(),
                     log_z.detach().float(),
-                    s_pi,
-                    s_base,
-                    length,
+                    stats["s_pi"],
+                    stats["s_base"],
+                    stats["length"],
                     ent,
                     torch.zeros_like(ent) if kl_sum is None else kl_sum.float(),
                 ],
@@ -420,25 +488,38 @@ class PowerFlowTrainer(GRPOTrainer):
             valid = valid.bool()
             metrics = self._metrics[mode]
             tokens = length.sum().clamp(min=1.0)
-            if valid.any():
-                metrics["powerflow/residual_mean"].append(res[valid].mean().item())
-                metrics["powerflow/residual_std"].append(res[valid].std(unbiased=False).item())
-                metrics["powerflow/residual_abs_mean"].append(res[valid].abs().mean().item())
-            metrics["powerflow/log_z_mean"].append(log_z.mean().item())
-            metrics["powerflow/policy_logp_per_token"].append((s_pi.sum() / tokens).item())
-            metrics["powerflow/base_logp_per_token"].append((s_base.sum() / tokens).item())
-            metrics["powerflow/completion_length"].append(length.mean().item())
-            metrics["powerflow/ess"].append(effective_sample_size(weight, valid).item())
             # completions with no tokens left (e.g. masked truncations) are not in the loss: say how many
             metrics["powerflow/frac_no_tokens"].append(1.0 - valid.float().mean().item())
+            metrics["powerflow/ess"].append(effective_sample_size(weight, valid).item())
             if valid.any():
-                w = weight[valid]
+                r, w = res[valid], weight[valid]
+                metrics["powerflow/residual_mean"].append(r.mean().item())
+                metrics["powerflow/residual_std"].append(r.std(unbiased=False).item())
+                metrics["powerflow/residual_abs_mean"].append(r.abs().mean().item())
+                metrics["powerflow/log_z_mean"].append(log_z[valid].mean().item())
+                metrics["powerflow/completion_length"].append(length[valid].mean().item())
                 clipped = (w <= 1 - self.epsilon_low + 1e-6) | (w >= 1 + self.epsilon_high - 1e-6)
                 metrics["powerflow/weight_mean"].append(w.mean().item())
                 metrics["powerflow/weight_clip_ratio"].append(clipped.float().mean().item())
+                if mode == "train" and self.log_z_head is not None and self.args.log_z_recentre:
+                    self._recentre_sums += torch.stack([(w * r).sum(), w.sum()]).double()
+            metrics["powerflow/policy_logp_per_token"].append((s_pi.sum() / tokens).item())
+            metrics["powerflow/base_logp_per_token"].append((s_base.sum() / tokens).item())
             metrics["entropy"].append((ent.sum() / tokens).item())
             if kl_sum is not None:  # beta > 0: token-weighted mean k3 KL to the base model, as GRPO logs it
                 metrics["kl"].append((kl.sum() / tokens).item())
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        # Override: at the end of an optimizer step's last micro-batch, re-centre log Z' on that step's residuals.
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._step % self.current_gradient_accumulation_steps == 0:
+            sum_wr, sum_w = self._recentre_sums.tolist()
+            self._recentre_sums.zero_()
+            if sum_w > 0:
+                # argmin_c sum_y w(y) (r(y) + c)^2 = -sum w r / sum w: the exact minimiser of the loss over the
+                # constant part of log Z', so log Z' never lags the policy, whatever the two learning rates.
+                self.log_z_head.shift(-sum_wr / sum_w)
+        return loss
 
     @torch.no_grad()
     def _per_token_logps(self, batch, base: bool):
@@ -478,6 +559,23 @@ class PowerFlowTrainer(GRPOTrainer):
                 save_file(head_state, os.path.join(output_dir, LOG_Z_HEAD_FILE))
         super()._save(output_dir, state_dict=state_dict)
 
+    def save_model(self, output_dir=None, _internal_call=False):
+        # Override: under ZeRO-3 without 16-bit gathering no state dict reaches `_save`; gather the head by itself.
+        super().save_model(output_dir, _internal_call)
+        if self.log_z_head is None or not self.is_deepspeed_enabled:
+            return
+        zero = self.accelerator.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        if zero.get("stage") != 3 or zero.get("stage3_gather_16bit_weights_on_model_save", False) is True:
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.log_z_head.parameters())):  # collective: every rank
+            head_state = {k: v.detach().cpu().clone().contiguous() for k, v in self.log_z_head.state_dict().items()}
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            save_file(head_state, os.path.join(output_dir, LOG_Z_HEAD_FILE))
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Override: restore the head saved by `_save` (DeepSpeed checkpoints restore it with the engine instead).
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
@@ -489,6 +587,41 @@ class PowerFlowTrainer(GRPOTrainer):
                     "PowerFlowTrainer with a learned log-partition head."
                 )
             self.log_z_head.load_state_dict(load_file(path, device="cpu"))
+
+
+# Sampler options that cut the support of the sampling distribution: TB never sees the completions they exclude.
+_SUPPORT_CUTTING = {
+    "top_k": lambda v: v is not None and v > 0,
+    "top_p": lambda v: v is not None and v < 1.0,
+    "min_p": lambda v: v is not None and v > 0.0,
+    "typical_p": lambda v: v is not None and v < 1.0,
+    "epsilon_cutoff": lambda v: v is not None and v > 0.0,
+    "eta_cutoff": lambda v: v is not None and v > 0.0,
+    "no_repeat_ngram_size": lambda v: v is not None and v > 0,
+}
+
+
+def _warn_undetermined_target(args):
+    """Warn once, at construction, about options that leave part of the LA-TB fixed point undetermined."""
+    if args.mask_truncated_completions:
+        warnings.warn(
+            "`mask_truncated_completions=True`: truncated completions get no residual, so the target constrains only "
+            "completions that end before `max_completion_length`; the mass the policy puts on truncated ones is left "
+            "free (it is not matched to p_base^alpha). Leave it False to count a truncation as a terminal state.",
+            UserWarning,
+            stacklevel=3,
+        )
+    options = {name: getattr(args, name, None) for name in ("top_k", "top_p", "min_p")}
+    options.update({k: v for k, v in (args.generation_kwargs or {}).items() if k in _SUPPORT_CUTTING})
+    cut = [f"{name}={value}" for name, value in options.items() if _SUPPORT_CUTTING[name](value)]
+    if cut:
+        warnings.warn(
+            f"{', '.join(cut)} cut(s) the sampler's support: completions outside it are never sampled, so their "
+            "probability under the policy is never trained towards p_base^alpha (trajectory balance is off-policy "
+            "only for samplers with full support). The fixed point holds on the support the sampler keeps.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_dataset(name, dataset, needs_prompt):
