@@ -1,0 +1,262 @@
+"""Where PowerFlowTrainer must equal GRPOTrainer, checked against GRPOTrainer's own computation or by autograd:
+the beta KL term (value and gradient), the weight of each completion under any split of the batch, warnings for
+options that leave the target undetermined, the frozen base of an in-memory policy, the model card."""
+
+import warnings
+
+import pytest
+import torch
+from helpers import logged, powerflow_args
+from transformers import AutoModelForCausalLM
+from trl import GRPOConfig, GRPOTrainer
+
+from trl_powerflow import PowerFlowTrainer
+from trl_powerflow.tiny_models import tiny_prompt_dataset
+
+
+def zero_reward(completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def generation_batch(trainer, n):
+    """A generation batch of `n` completions (n / num_generations prompts), as the training loop builds it."""
+    trainer.model.train()
+    data = tiny_prompt_dataset(n=n)
+    return trainer._generate_and_score_completions([data[i // trainer.num_generations] for i in range(n)])
+
+
+@torch.no_grad()
+def perturb(model):
+    """Move the policy away from the base the same way in every trainer, so that the KL to the base is not 0."""
+    params = sorted((name, param) for name, param in model.named_parameters() if "log_z" not in name)
+    for i, (_, param) in enumerate(params):
+        param.add_(0.05 * torch.sin(torch.arange(param.numel(), dtype=param.dtype) + i).view_as(param))
+
+
+def rows(batch, index):
+    """The rows `index` of a generation batch (scalars such as the batch counts are kept as they are)."""
+    return {k: v[index] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+
+
+def policy_grads(trainer, loss):
+    trainer.model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None and "log_z" not in n}
+
+
+# ------------------------------------------------------------------------------------------------- beta KL term
+@pytest.mark.parametrize("bias_correction", [True, False])
+@pytest.mark.parametrize("off_policy", [False, True])
+def test_kl_term_value_and_gradient_equal_grpo(tiny_model_dir, tmp_path, off_policy, bias_correction):
+    """GRPOTrainer with zero advantages has a loss made only of its KL term (the clipped surrogate is 0 with zero
+    gradient). PowerFlow's KL term is its loss with beta minus its loss with beta = 0 on the same batch. Both must be
+    equal in value and gradient for every policy parameter, on-policy and with reused generations (old log-probs from
+    another policy), with and without `use_bias_correction_kl`, with accumulation (GA = steps_per_generation = 2) and a
+    row left without tokens."""
+    common = dict(
+        beta=0.1,
+        use_bias_correction_kl=bias_correction,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=4,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+    )
+    pf = PowerFlowTrainer(
+        model=tiny_model_dir,
+        args=powerflow_args(tmp_path / "pf", log_z_init=0.0, **common),
+        train_dataset=tiny_prompt_dataset(n=8),
+    )
+    grpo_args = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"), max_completion_length=8, num_generations=4, bf16=False, use_cpu=True,
+        report_to=[], save_strategy="no", seed=0, **common,
+    )  # fmt: skip
+    grpo = GRPOTrainer(
+        model=tiny_model_dir, reward_funcs=zero_reward, args=grpo_args, train_dataset=tiny_prompt_dataset(n=8)
+    )
+    assert grpo.loss_type == "dapo"  # GRPO's default normalisation, the one PowerFlow's KL term follows
+
+    batch = generation_batch(pf, 8)
+    perturb(pf.model)
+    perturb(grpo.model)
+    batch["completion_mask"][1] = 0  # a row with no tokens (as a masked truncation leaves it)
+    batch["num_items_in_batch"] = batch["completion_mask"].sum()
+    batch["num_sequences_in_batch"] = (batch["completion_mask"].sum(-1) > 0).sum()
+    if off_policy:
+        with torch.no_grad():
+            batch["old_per_token_logps"] = (batch["base_per_token_logps"] * 0.9).detach()
+    micro = rows(batch, slice(0, 4))
+    grpo_inputs = {**micro, "ref_per_token_logps": micro["base_per_token_logps"]}
+    grpo_inputs["advantages"] = torch.zeros(4)
+
+    for trainer in (pf, grpo):
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 2
+    grpo_loss = grpo._compute_loss(grpo.model, grpo_inputs)
+    grpo_grads = policy_grads(grpo, grpo_loss)
+
+    with_kl = pf._compute_loss(pf.model, micro)
+    grads_with = policy_grads(pf, with_kl)
+    pf.beta = 0.0
+    without_kl = pf._compute_loss(pf.model, micro)
+    grads_without = policy_grads(pf, without_kl)
+
+    # The KL term is a difference of two float32 losses: allow the rounding of the larger term (8 ulp of its value;
+    # 64 ulp of the largest gradient entry, which sums many products through two layers' backward).
+    eps = torch.finfo(torch.float32).eps
+    assert grpo_loss.item() > 0
+    assert (with_kl - without_kl).item() == pytest.approx(grpo_loss.item(), abs=8 * eps * without_kl.abs().item())
+    assert set(grads_with) == set(grpo_grads)
+    for name, grad in grpo_grads.items():
+        atol = 64 * eps * grads_without[name].abs().max().item()
+        torch.testing.assert_close(grads_with[name] - grads_without[name], grad, rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+    # the KL gradient is far above that rounding
+    assert max(g.abs().max() for g in grpo_grads.values()) > 100 * 64 * eps * max(
+        g.abs().max() for g in grads_without.values()
+    )
+    assert logged_kl(pf) == pytest.approx(logged_kl(grpo), rel=1e-5)
+
+
+def logged_kl(trainer):
+    return trainer._metrics["train"]["kl"][0]
+
+
+# -------------------------------------------------------------------------------------- weight per completion
+SPLITS = {
+    # (per_device_train_batch_size, gradient_accumulation_steps, steps_per_generation): 8 completions in all
+    "one micro-batch": (8, 1, 1),
+    "4 accumulated micro-batches": (2, 4, 4),
+    "2 optimizer steps of 2 micro-batches": (2, 2, 4),
+    "2 optimizer steps of 1 micro-batch": (4, 1, 2),
+}
+
+
+@pytest.mark.parametrize("split", sorted(SPLITS))
+def test_every_completion_weighs_the_same_whatever_the_split(tiny_model_dir, tmp_path, split):
+    """d(objective)/d(log Z'_i) = 2 c_i w_i r_i, so autograd through a log Z' leaf gives the weight c_i with which
+    completion i enters the objective, summed over every micro-batch (and every optimizer step) of one generation
+    batch. On-policy w = 1. Every completion with tokens must weigh the same, c_i = k/N (N = 6 of 8 here: two rows
+    lose their tokens; k = steps_per_generation / gradient_accumulation_steps optimizer steps share the batch, each
+    step's loss being the mean over its share, as GRPO's token-level 'dapo' normalisation does), rows without tokens
+    0. Processes: each divides by N / num_processes and DDP averages them, which the 1- vs 2-process equivalence test
+    in test_launch.py checks end to end."""
+    batch_size, accumulation, steps_per_generation = SPLITS[split]
+    args = powerflow_args(
+        tmp_path,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=steps_per_generation,
+        num_generations=4,
+        log_z_estimator="group",
+        gradient_checkpointing=False,
+    )
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=tiny_prompt_dataset(n=8))
+    batch = generation_batch(trainer, 8)
+    assert batch["completion_ids"].size(0) == 8
+    batch["completion_mask"][[2, 5]] = 0
+    batch["num_sequences_in_batch"] = (batch["completion_mask"].sum(-1) > 0).sum()
+    log_z = torch.full((8,), 0.3, requires_grad=True)
+    batch["group_log_z"] = log_z
+    batch.pop("group_id", None)
+
+    trainer.current_gradient_accumulation_steps = accumulation
+    permutation = torch.randperm(8, generator=torch.Generator().manual_seed(0))  # the trainer shuffles too
+    total = 0.0
+    residuals = torch.zeros(8)
+    for start in range(0, 8, batch_size):
+        index = permutation[start : start + batch_size]
+        micro = rows(batch, index)
+        micro["group_log_z"] = log_z[index]
+        total = total + trainer._compute_loss(trainer.model, micro)
+        residuals[index] = micro_residuals(trainer, micro)
+    total.backward()
+    valid = batch["completion_mask"].sum(-1) > 0
+    weight = log_z.grad / (2 * residuals)
+    expected = steps_per_generation / accumulation / 6
+    torch.testing.assert_close(weight[valid], torch.full((6,), expected), rtol=1e-4, atol=0)
+    assert torch.all(log_z.grad[~valid] == 0)
+
+
+@torch.no_grad()
+def micro_residuals(trainer, micro):
+    from trl_powerflow.losses import tb_residual
+
+    ids = torch.cat([micro["prompt_ids"], micro["completion_ids"]], 1)
+    mask = torch.cat([micro["prompt_mask"], micro["completion_mask"]], 1)
+    logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, micro["completion_ids"].size(1))[0]
+    return tb_residual(
+        logps, micro["base_per_token_logps"], micro["completion_mask"], micro["group_log_z"].detach(), trainer.alpha
+    )
+
+
+# ---------------------------------------------------------------------------- options that cut the target
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(mask_truncated_completions=True), "mask_truncated_completions=True"),
+        (dict(top_k=5), "top_k=5"),
+        (dict(top_p=0.9), "top_p=0.9"),
+        (dict(min_p=0.05), "min_p=0.05"),
+        (dict(generation_kwargs={"typical_p": 0.5}), "typical_p=0.5"),
+    ],
+)
+def test_options_that_leave_the_target_undetermined_warn_once(tiny_model_dir, tmp_path, kwargs, match):
+    with pytest.warns(UserWarning, match=match) as record:
+        PowerFlowTrainer(
+            model=tiny_model_dir, args=powerflow_args(tmp_path, **kwargs), train_dataset=tiny_prompt_dataset()
+        )
+    assert sum(match in str(w.message) for w in record) == 1
+
+
+def test_full_support_sampling_does_not_warn(tiny_model_dir, tmp_path):
+    args = powerflow_args(tmp_path, temperature=0.7, repetition_penalty=1.1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=tiny_prompt_dataset())
+    assert not [w for w in record if "support" in str(w.message) or "truncated" in str(w.message)]
+
+
+# ------------------------------------------------------------------------------------------------ smaller breaks
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_base_of_an_in_memory_policy_is_that_policy(tiny_model_dir, tmp_path, beta):
+    """A policy passed as an object (edited in memory after loading) is its own base, for beta = 0 and beta != 0
+    alike; GRPOTrainer would reload the reference from the path when beta != 0."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.5)
+    edited = model.lm_head.weight.detach().clone()
+    trainer = PowerFlowTrainer(
+        model=model, args=powerflow_args(tmp_path, beta=beta), train_dataset=tiny_prompt_dataset()
+    )
+    assert trainer.beta == beta and trainer.args.beta == beta
+    base = trainer.accelerator.unwrap_model(trainer.ref_model)
+    torch.testing.assert_close(base.lm_head.weight, edited)
+    trainer.train()
+    if beta:
+        assert logged(trainer, "kl")
+
+
+def test_head_sits_beside_the_lm_head(tiny_model_dir, tmp_path):
+    trainer = PowerFlowTrainer(
+        model=tiny_model_dir, args=powerflow_args(tmp_path), train_dataset=tiny_prompt_dataset()
+    )
+    assert trainer.log_z_head.out.weight.device == trainer.model.get_output_embeddings().weight.device
+
+
+def test_model_card_cites_powerflow(tiny_model_dir, tmp_path):
+    trainer = PowerFlowTrainer(
+        model=tiny_model_dir, args=powerflow_args(tmp_path), train_dataset=tiny_prompt_dataset()
+    )
+    trainer.create_model_card(model_name="tiny-powerflow")
+    card = (tmp_path / "README.md").read_text()
+    assert "2603.18363" in card and "2402.03300" not in card
+
+
+def test_metrics_average_only_completions_with_tokens(tiny_model_dir, tmp_path):
+    """With most completions truncated and masked, `completion_length` and `log_z_mean` describe the completions in the
+    loss: lengths of kept rows are >= 1 (a masked row would pull the mean towards 0)."""
+    args = powerflow_args(tmp_path, mask_truncated_completions=True, max_completion_length=3, max_steps=3)
+    with pytest.warns(UserWarning):
+        trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=tiny_prompt_dataset())
+    trainer.train()
+    assert max(logged(trainer, "powerflow/frac_no_tokens")) > 0
+    assert all(length >= 1.0 for length in logged(trainer, "powerflow/completion_length"))
