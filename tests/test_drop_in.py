@@ -108,7 +108,8 @@ def test_kl_term_value_and_gradient_equal_grpo(tiny_model_dir, tmp_path, off_pol
     assert set(grads_with) == set(grpo_grads)
     for name, grad in grpo_grads.items():
         atol = 64 * eps * grads_without[name].abs().max().item()
-        torch.testing.assert_close(grads_with[name] - grads_without[name], grad, rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+        difference = grads_with[name] - grads_without[name]
+        torch.testing.assert_close(difference, grad, rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
     # the KL gradient is far above that rounding
     assert max(g.abs().max() for g in grpo_grads.values()) > 100 * 64 * eps * max(
         g.abs().max() for g in grads_without.values()
@@ -260,3 +261,28 @@ def test_metrics_average_only_completions_with_tokens(tiny_model_dir, tmp_path):
     trainer.train()
     assert max(logged(trainer, "powerflow/frac_no_tokens")) > 0
     assert all(length >= 1.0 for length in logged(trainer, "powerflow/completion_length"))
+
+
+def test_entropy_is_logged_at_the_sampling_temperature(tiny_model_dir, tmp_path):
+    """GRPO logs the sampler's entropy (logits / T); PowerFlow must log the same while its loss uses T = 1."""
+    temperature = 0.5
+    args = powerflow_args(tmp_path, temperature=temperature, gradient_checkpointing=False, disable_dropout=True)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=tiny_prompt_dataset(n=8))
+    batch = generation_batch(trainer, 4)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer._metrics["train"].clear()
+    trainer._compute_loss(trainer.model, batch)
+    with torch.no_grad():
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        n = batch["completion_ids"].size(1)
+        logits = trainer.model(input_ids=ids, attention_mask=attention).logits[:, -n - 1 : -1].float()
+        mask = batch["completion_mask"].float()
+
+        def entropy(t):
+            logp = torch.log_softmax(logits / t, -1)
+            return ((-(logp.exp() * logp).sum(-1)) * mask).sum().item() / mask.sum().item()
+
+    logged_entropy = trainer._metrics["train"]["entropy"][0]
+    assert logged_entropy == pytest.approx(entropy(temperature), rel=1e-5)
+    assert abs(entropy(temperature) - entropy(1.0)) > 1e-3  # the two temperatures are distinguishable

@@ -66,14 +66,16 @@ def split_log_z_state_dict(state_dict: dict) -> tuple[dict, dict]:
 
 
 class LogZRequest:
-    """State of one policy forward whose log Z'(q) is wanted: the prompt length, whether the features are detached,
-    the backbone's last hidden state (set by the backbone hook) and the head outputs (one per forward chunk)."""
+    """State of one policy forward that needs its last hidden state: the prompt length, whether the head's features
+    are detached, the backbone's last hidden state (set by the backbone hook) and the head outputs (one per chunk)."""
 
-    def __init__(self, prompt_length: int, detach_features: bool = False):
+    def __init__(self, prompt_length: int, detach_features: bool = False, keep_hidden: bool = False):
         self.prompt_length = prompt_length
         self.detach_features = detach_features
         self.hidden: torch.Tensor | None = None
         self.log_z: list[torch.Tensor] = []
+        self.keep_hidden = keep_hidden  # keep the (detached) hidden states of each forward, e.g. for metrics
+        self.kept_hidden: list[torch.Tensor] = []
 
     def value(self) -> torch.Tensor:
         if not self.log_z:

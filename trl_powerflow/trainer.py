@@ -188,6 +188,8 @@ class PowerFlowTrainer(GRPOTrainer):
         if self.ref_model is None and not is_peft_model(self.model):
             self.ref_model = self._create_base_model(base_copy, quantization_config)
 
+        if args.log_z_estimator == "head" or self.temperature != 1.0:
+            policy.base_model.register_forward_hook(self._capture_hidden_hook)
         self.log_z_head = None
         if args.log_z_estimator == "head":
             self.log_z_head = self._attach_log_z_head(policy)
@@ -246,13 +248,15 @@ class PowerFlowTrainer(GRPOTrainer):
         head.to(lm_head.weight.device if lm_head is not None else self.accelerator.device)
         setattr(policy, LOG_Z_HEAD_ATTR, head)
 
-        def capture(module, inputs, output):
-            request = self._log_z_request
-            if request is not None:
-                request.hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-
-        policy.base_model.register_forward_hook(capture)
         return head
+
+    def _capture_hidden_hook(self, module, inputs, output):
+        """Forward hook of the policy's backbone: keep its last hidden state for the forward in progress."""
+        request = self._log_z_request
+        if request is not None:
+            request.hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            if request.keep_hidden:
+                request.kept_hidden.append(request.hidden.detach())
 
     def _log_z_forward_hook(self, module, args, kwargs, output):
         """Forward hook of the outermost policy module: log Z'(q) from the captured prompt hidden states."""
@@ -360,8 +364,10 @@ class PowerFlowTrainer(GRPOTrainer):
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         mode = "train" if self.model.training else "eval"
 
-        if self.log_z_head is not None:
-            self._log_z_request = LogZRequest(prompt_ids.size(1), detach_features=self.args.log_z_detach_features)
+        if self.log_z_head is not None or self.temperature != 1.0:
+            self._log_z_request = LogZRequest(
+                prompt_ids.size(1), self.args.log_z_detach_features, keep_hidden=self.temperature != 1.0
+            )
         request = self._log_z_request
         try:
             per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
@@ -376,7 +382,9 @@ class PowerFlowTrainer(GRPOTrainer):
         finally:
             self._log_z_request = None
 
-        if request is not None:
+        if self.temperature != 1.0:  # GRPO logs the entropy of the sampler, at the sampling temperature
+            entropies = self._entropy_at_sampling_temperature(model, request.kept_hidden, completion_ids.size(1), mask)
+        if self.log_z_head is not None:
             log_z = request.value()
         elif "group_log_z" in inputs:
             log_z = inputs["group_log_z"]
@@ -432,6 +440,20 @@ class PowerFlowTrainer(GRPOTrainer):
 
         self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum)
         return loss
+
+    @torch.no_grad()
+    def _entropy_at_sampling_temperature(self, model, hidden, num_completion_tokens, mask, chunk_size=1024):
+        """Per-token entropy of softmax(logits / T) at the completion positions, from the loss forward's hidden states
+        (no extra backbone pass; one no-grad LM-head projection, `chunk_size` positions at a time)."""
+        lm_head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        hidden = torch.cat(hidden, dim=0)[:, -num_completion_tokens - 1 : -1]
+        flat = hidden.reshape(-1, hidden.size(-1)).to(lm_head.weight.device)
+        entropies = []
+        for start in range(0, flat.size(0), chunk_size):
+            logits = lm_head(flat[start : start + chunk_size]).float() / self.temperature
+            log_probs = torch.log_softmax(logits, dim=-1)
+            entropies.append(-(log_probs.exp() * log_probs).sum(-1))
+        return torch.cat(entropies).view(mask.shape).to(mask.device) * mask
 
     @torch.no_grad()
     def _gathered_group_log_z(self, policy_logps, base_logps, mask, psi, group_id, mode):
