@@ -286,3 +286,18 @@ def test_entropy_is_logged_at_the_sampling_temperature(tiny_model_dir, tmp_path)
     logged_entropy = trainer._metrics["train"]["entropy"][0]
     assert logged_entropy == pytest.approx(entropy(temperature), rel=1e-5)
     assert abs(entropy(temperature) - entropy(1.0)) > 1e-3  # the two temperatures are distinguishable
+
+
+def test_completions_table_shows_tb_columns_not_advantages(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    args = powerflow_args(tmp_path, log_completions=True, num_completions_to_print=2, num_iterations=2, max_steps=2)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=tiny_prompt_dataset(n=8))
+    trainer.train()
+    table = pd.read_parquet(tmp_path / "completions" / "completions_00002.parquet")
+    assert "advantage" not in table.columns
+    assert {"w", "log_z", "residual", "prompt", "completion"} <= set(table.columns)
+    assert len(table) == args.generation_batch_size
+    assert table[["w", "log_z", "residual"]].notna().all().all()  # every completion kept tokens (no masking)
+    assert ((table["w"] >= 1 - trainer.epsilon_low - 1e-6) & (table["w"] <= 1 + trainer.epsilon_high + 1e-6)).all()
+    assert table["residual"].abs().max() > 0

@@ -323,14 +323,18 @@ class PowerFlowTrainer(GRPOTrainer):
         mask = output["completion_mask"]
         if "tool_mask" in output:
             mask = mask * output["tool_mask"]
+        num_local = mask.size(0)
         base_logps = output.get("ref_per_token_logps")  # already computed by GRPO when beta != 0
         if base_logps is None:
             base_logps = self._per_token_logps(output, base=True)
         output["base_per_token_logps"] = base_logps
         # Completions with tokens in the whole generation batch (all processes): every one weighs 1/N in the loss.
         output["num_sequences_in_batch"] = self.accelerator.gather((mask.sum(-1) > 0).sum()).sum()
+        # Row of each completion in the gathered batch (GRPO's completions-table order), for the table's TB columns.
+        num_rows = num_local * self.accelerator.num_processes
+        output["row_index"] = torch.arange(num_local, device=mask.device) + self.accelerator.process_index * num_local
+        self._table_stats = torch.full((num_rows, 3), float("nan"))
 
-        num_local = mask.size(0)
         process_slice = slice(
             self.accelerator.process_index * num_local, (self.accelerator.process_index + 1) * num_local
         )
@@ -438,7 +442,7 @@ class PowerFlowTrainer(GRPOTrainer):
             )
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
-        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum)
+        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum, inputs)
         return loss
 
     @torch.no_grad()
@@ -485,7 +489,7 @@ class PowerFlowTrainer(GRPOTrainer):
         self.log_z_head.shift(delta)
         return delta
 
-    def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum=None):
+    def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum, inputs):
         """Gather per-sequence statistics once and log TB residual, log Z', per-token log-probs, length and ESS; in
         training also add this micro-batch to the step's sums for re-centring log Z'."""
         with torch.no_grad():
@@ -501,13 +505,18 @@ class PowerFlowTrainer(GRPOTrainer):
                     stats["length"],
                     ent,
                     torch.zeros_like(ent) if kl_sum is None else kl_sum.float(),
+                    inputs["row_index"].float(),
                 ],
                 dim=1,
             )
             # One gather and one device-to-host copy per micro-batch; everything below runs on the CPU.
             gathered = self.accelerator.gather(per_seq).float().cpu()
-            res, weight, valid, log_z, s_pi, s_base, length, ent, kl = gathered.unbind(1)
+            res, weight, valid, log_z, s_pi, s_base, length, ent, kl, row = gathered.unbind(1)
             valid = valid.bool()
+            if self.log_completions:  # w, log Z' and residual of each row, as first trained, for the table
+                row, table = row.long(), self._table_stats
+                first = torch.isnan(table[row, 0]) & valid
+                table[row[first]] = torch.stack([weight, log_z, res], dim=1)[first]
             metrics = self._metrics[mode]
             tokens = length.sum().clamp(min=1.0)
             # completions with no tokens left (e.g. masked truncations) are not in the loss: say how many
@@ -530,6 +539,17 @@ class PowerFlowTrainer(GRPOTrainer):
             metrics["entropy"].append((ent.sum() / tokens).item())
             if kl_sum is not None:  # beta > 0: token-weighted mean k3 KL to the base model, as GRPO logs it
                 metrics["kl"].append((kl.sum() / tokens).item())
+
+    def log(self, logs, start_time=None):
+        # Override: the completions table shows each completion's w, log Z' and TB residual instead of GRPO's
+        # `advantage` column (always 0: PowerFlow has no advantages).
+        log_completions, self.log_completions = self.log_completions, False
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.log_completions = log_completions
+        if log_completions and self.accelerator.is_main_process and self._logs["prompt"]:
+            write_completions_table(self)
 
     def training_step(self, model, inputs, num_items_in_batch):
         # Override: at the end of an optimizer step's last micro-batch, re-centre log Z' on that step's residuals.
@@ -644,6 +664,48 @@ def _warn_undetermined_target(args):
             UserWarning,
             stacklevel=3,
         )
+
+
+def write_completions_table(trainer):
+    """GRPO's completions table (parquet file, console sample, wandb/trackio) with PowerFlow's columns."""
+    import pandas as pd
+    from transformers.utils import is_rich_available
+    from trl.trainer.utils import print_prompt_completions_sample, strip_images_from_messages
+
+    logs, step = trainer._logs, trainer.state.global_step
+    stats = getattr(trainer, "_table_stats", None)
+    n = len(logs["prompt"])
+    if stats is None or stats.size(0) != n:  # rows from another batch (e.g. eval): no TB values for them
+        stats = torch.full((n, 3), float("nan"))
+    columns = {"w": stats[:, 0].tolist(), "log_z": stats[:, 1].tolist(), "residual": stats[:, 2].tolist()}
+    extra = {**logs["extra"], **columns}
+    if is_rich_available():
+        print_prompt_completions_sample(
+            logs["prompt"], logs["completion"], logs["rewards"], None, step, trainer.num_completions_to_print, extra
+        )
+    table = pd.DataFrame(
+        {
+            "step": [step] * n,
+            "prompt": [strip_images_from_messages(m) for m in logs["prompt"]],
+            "completion": [strip_images_from_messages(m) for m in logs["completion"]],
+            **{name: list(values) for name, values in logs["rewards"].items()},
+            **{name: list(values) for name, values in extra.items()},
+        }
+    )
+    os.makedirs(os.path.join(trainer.args.output_dir, "completions"), exist_ok=True)
+    table.to_parquet(os.path.join(trainer.args.output_dir, "completions", f"completions_{step:05d}.parquet"))
+    report_to = trainer.args.report_to or []
+    if trainer.log_unique_prompts:
+        table = table[~table["prompt"].astype(str).duplicated()]
+    if "wandb" in report_to:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.log({"completions": wandb.Table(dataframe=table)})
+    if "trackio" in report_to:
+        import trackio
+
+        trackio.log({"completions": trackio.Table(dataframe=table)})
 
 
 def _check_dataset(name, dataset, needs_prompt):
