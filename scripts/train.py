@@ -68,21 +68,62 @@ class TrainScriptArguments:
     )
 
 
-def trainer_choice(argv: list[str]) -> str:
-    """The trainer named by --trainer, else by the recipe's `trainer` key, else 'powerflow'."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--trainer")
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    choice = known.trainer
-    if choice is None and known.config:
-        import yaml
+HEAD_ONLY_KEYS = ("log_z_learning_rate", "log_z_detach_features")  # options of the learned log Z' head
 
-        if not os.path.isfile(known.config):
-            raise FileNotFoundError(f"Recipe {known.config!r} does not exist.")
-        with open(known.config) as f:
-            choice = (yaml.safe_load(f) or {}).get("trainer")
-    choice = choice or "powerflow"
+
+def split_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The recipe path of `--config PATH` (or `--config=PATH`), and the other arguments."""
+    path, rest = None, []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            path = next(args, None)
+            if path is None or path.startswith("--"):
+                raise ValueError(
+                    "--config needs the path of a YAML recipe, e.g. --config scripts/recipes/tiny_cpu.yaml."
+                )
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return path, rest
+
+
+def read_recipe(path: str) -> dict:
+    """The recipe as a dict; a missing, unparsable or non-mapping file fails with what to fix."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Recipe {path!r} does not exist: pass the path of a YAML recipe to --config, e.g. "
+            "scripts/recipes/tiny_cpu.yaml."
+        )
+    try:
+        with open(path) as f:
+            recipe = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"Recipe {path!r} is not valid YAML ({error}). Fix its syntax: one `option: value` per line."
+        ) from None
+    if not isinstance(recipe, dict):
+        raise ValueError(
+            f"Recipe {path!r} must be a YAML mapping of `option: value` lines, got {type(recipe).__name__} "
+            f"{recipe!r:.80}. Fix the file or pass another recipe."
+        )
+    return recipe
+
+
+def cli_value(cli: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` / `--name=VALUE` on the command line, else None."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument(f"--{name}")
+    known, _ = pre.parse_known_args(cli)
+    return getattr(known, name)
+
+
+def trainer_choice(cli: list[str], recipe: dict) -> str:
+    """The trainer named by --trainer, else by the recipe's `trainer` key, else 'powerflow'."""
+    choice = cli_value(cli, "trainer") or recipe.get("trainer") or "powerflow"
     if choice not in TRAINERS:
         raise ValueError(f"`trainer` must be one of {list(TRAINERS)}, got {choice!r}.")
     return choice
@@ -110,7 +151,8 @@ def prepare_distributed_environment(argv: list[str]) -> list[str]:
 
 def parse(argv: list[str]):
     """Parse the CLI and recipe. One recipe serves both trainers: with `--trainer grpo` the recipe's PowerFlow-only
-    keys (alpha, objective, ...) are ignored with a notice; any other unknown key is an error."""
+    keys (alpha, objective, ...) are ignored with a notice, and so are its head-only keys (log_z_learning_rate, ...)
+    when the estimator is 'group'; any other unknown key is an error. Command-line options are never ignored."""
     import dataclasses
 
     from trl import GRPOConfig, ModelConfig, TrlParser
@@ -118,13 +160,26 @@ def parse(argv: list[str]):
     from trl_powerflow import PowerFlowConfig
     from trl_powerflow.bupo import BuPOGRPOConfig, BuPOPowerFlowConfig
 
-    choice = trainer_choice(argv)
+    config_path, cli = split_config(argv)
+    recipe = read_recipe(config_path) if config_path else {}
+    choice = trainer_choice(cli, recipe)
+    notices = []
+    estimator = cli_value(cli, "log_z_estimator") or recipe.get("log_z_estimator")
+    typed = {arg[2:].split("=", 1)[0] for arg in cli if arg.startswith("--")}
+    head_only = [key for key in HEAD_ONLY_KEYS if key in recipe and key not in typed]
+    if choice == "powerflow" and estimator == "group" and head_only:
+        recipe = {key: value for key, value in recipe.items() if key not in head_only}
+        notices.append(f"log_z_estimator=group has no head: ignoring the recipe's head-only keys {head_only}")
+    env = recipe.pop("env", {})
+    if not isinstance(env, dict):
+        raise ValueError(f"The recipe's `env` must be a mapping of environment variables, got {env!r}.")
+    os.environ.update({key: str(value) for key, value in env.items()})
+
     # The BuPO configs are PowerFlowConfig / GRPOConfig plus `bupo_layer` (default None: off) and `bupo_steps`.
     config_cls = BuPOPowerFlowConfig if choice == "powerflow" else BuPOGRPOConfig
     parser = TrlParser((TrainScriptArguments, config_cls, ModelConfig))
-    *parsed, from_config, from_cli = parser.parse_args_and_config(
-        args=argv, return_remaining_strings=True, separate_remaining_strings=True
-    )
+    from_config = parser.set_defaults_with_config(**recipe)
+    *parsed, from_cli = parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)
     script_args, training_args, model_args = parsed
     if from_cli:
         raise ValueError(f"Unknown command-line arguments for --trainer {choice}: {from_cli}.")
@@ -136,10 +191,62 @@ def parse(argv: list[str]):
     unknown = [key for key in keys if key not in ignored]
     if unknown:
         raise ValueError(f"Unknown arguments from config file: {unknown}. Remove them or fix their spelling.")
-    if ignored and training_args.distributed_state.is_main_process:
-        print(f"[train.py] --trainer grpo ignores the recipe's PowerFlow-only keys: {ignored}", flush=True)
+    if ignored:
+        notices.append(f"--trainer grpo ignores the recipe's PowerFlow-only keys: {ignored}")
+    if training_args.distributed_state.is_main_process:
+        for notice in notices:
+            print(f"[train.py] {notice}", flush=True)
     script_args.trainer = choice
     return script_args, training_args, model_args
+
+
+def check_inputs(script_args, training_args) -> str | None:
+    """Cheap checks of the options before any data or model is loaded; returns the checkpoint to resume from."""
+    from trl_powerflow.rewards import REWARD_FUNCS
+
+    if script_args.max_train_samples is not None and script_args.max_train_samples < 1:
+        raise ValueError(
+            f"--max_train_samples must be >= 1, got {script_args.max_train_samples}. Leave it unset to train on "
+            "every prompt."
+        )
+    if script_args.trainer == "grpo" and not script_args.reward_funcs:
+        raise ValueError("GRPO needs at least one reward: pass --reward_funcs (e.g. accuracy).")
+    for name in script_args.reward_funcs:
+        if name not in REWARD_FUNCS and ":" not in name:
+            raise ValueError(
+                f"Unknown reward {name!r} in --reward_funcs. Allowed names: {sorted(REWARD_FUNCS)}, or an import "
+                "string 'package.module:function'."
+            )
+    return resolve_checkpoint(training_args)
+
+
+def resolve_checkpoint(training_args) -> str | None:
+    """The checkpoint directory of --resume_from_checkpoint ('last' or 'true': the newest one in output_dir)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
+    if checkpoint is None:
+        return None
+    if checkpoint.lower() in ("true", "last"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {checkpoint}: there is no checkpoint-<step> directory in --output_dir "
+                f"{output_dir!r} to resume from. Point --output_dir at the interrupted run, or drop "
+                "--resume_from_checkpoint to start a new run."
+            )
+        return last
+    if not os.path.isdir(checkpoint):
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {checkpoint!r} is not a directory. Pass a checkpoint-<step> directory of an "
+            "earlier run, or 'last' for the newest one in --output_dir."
+        )
+    if not os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {checkpoint!r} is not a training checkpoint (it has no trainer_state.json). "
+            "Pass a checkpoint-<step> directory of an earlier run, or 'last' for the newest one in --output_dir."
+        )
+    return checkpoint
 
 
 def resolve_model(script_args, training_args, model_args) -> str:
@@ -199,9 +306,9 @@ def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     argv = prepare_distributed_environment(argv)
     script_args, training_args, model_args = parse(argv)
+    checkpoint = check_inputs(script_args, training_args)
 
     from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer, get_peft_config, get_quantization_config
 
     from trl_powerflow import PowerFlowTrainer
@@ -216,8 +323,6 @@ def main(argv: list[str] | None = None):
         )
     model_path = resolve_model(script_args, training_args, model_args)
     train_dataset, eval_dataset = load_datasets(script_args, training_args)
-    if script_args.trainer == "grpo" and not script_args.reward_funcs:
-        raise ValueError("GRPO needs at least one reward: pass --reward_funcs (e.g. accuracy).")
 
     quantization_config = get_quantization_config(model_args)
     training_args.model_init_kwargs = {
@@ -269,14 +374,6 @@ def main(argv: list[str] | None = None):
         )
         install_first(trainer, callback)
 
-    checkpoint = training_args.resume_from_checkpoint
-    if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "last"):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no checkpoint "
-                f"in {training_args.output_dir}."
-            )
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:

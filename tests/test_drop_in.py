@@ -301,3 +301,15 @@ def test_completions_table_shows_tb_columns_not_advantages(tiny_model_dir, tmp_p
     assert table[["w", "log_z", "residual"]].notna().all().all()  # every completion kept tokens (no masking)
     assert ((table["w"] >= 1 - trainer.epsilon_low - 1e-6) & (table["w"] <= 1 + trainer.epsilon_high + 1e-6)).all()
     assert table["residual"].abs().max() > 0
+
+
+def test_blank_prompts_fail_at_construction(tiny_model_dir, tmp_path):
+    """The Python API checks prompts like the CLI does (trl_powerflow.data.check_prompt_dataset), before generation."""
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match="row 1"):
+        PowerFlowTrainer(
+            model=tiny_model_dir,
+            args=powerflow_args(tmp_path),
+            train_dataset=Dataset.from_dict({"prompt": ["What is 1 + 1?", "   "]}),
+        )

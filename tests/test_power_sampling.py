@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_powerflow.evaluation import evaluate_model, generate_completions
 from trl_powerflow.power_sampling import (
+    _sample_suffixes,
     evaluate_power_sampling,
     mh_log_acceptance,
     power_sample,
@@ -155,6 +156,39 @@ def test_block_schedule_and_cost_accounting(toy):
     assert tv(empirical(oracle, blocks.completions), target) < 0.06
     with pytest.raises(ValueError, match="alpha"):
         power_sample(toy, [PROMPT], 0.0, MAX_LEN, eos_token_id=EOS)
+
+
+HOSTILE_DEFAULTS = dict(
+    do_sample=False, temperature=0.1, top_k=1, top_p=0.1, min_p=0.9, typical_p=0.2, epsilon_cutoff=0.2,
+    repetition_penalty=5.0, max_length=2, use_cache=False,
+)  # fmt: skip
+
+
+def test_proposal_ignores_the_models_generation_defaults(toy_model_dir):
+    """The proposal is softmax(alpha * logits) over the whole vocabulary, whatever `model.generation_config` holds:
+    same seed, same chains as with a clean config, and every proposed token's log q is the exact one."""
+    model = AutoModelForCausalLM.from_pretrained(toy_model_dir).eval()
+    alpha, kwargs = 2.0, dict(num_mcmc_steps=3, eos_token_id=EOS, seed=0)
+    clean = power_sample(model, [PROMPT] * 300, alpha, MAX_LEN, **kwargs)
+    for key, value in HOSTILE_DEFAULTS.items():
+        setattr(model.generation_config, key, value)
+    hostile = power_sample(model, [PROMPT] * 300, alpha, MAX_LEN, **kwargs)
+    assert hostile.completions == clean.completions and hostile.log_p == clean.log_p
+    assert (hostile.accepted, hostile.forward_passes) == (clean.accepted, clean.forward_passes)
+    assert {key: getattr(model.generation_config, key) for key in HOSTILE_DEFAULTS} == HOSTILE_DEFAULTS  # restored
+    # these would mask every token of some contexts (the left padding is EOS) and make `generate` fail
+    model.generation_config.no_repeat_ngram_size, model.generation_config.min_new_tokens = 1, 2
+    model.generation_config.bad_words_ids = [[TOY_TOKENS.index("b")]]
+    assert power_sample(model, [PROMPT] * 300, alpha, MAX_LEN, **kwargs).completions == clean.completions
+
+    oracle = ToyOracle(model, alpha)
+    torch.manual_seed(0)
+    rows = _sample_suffixes(model, [PROMPT] * 2000, [MAX_LEN] * 2000, alpha, {EOS}, EOS)
+    likely = {c for c, q in zip(oracle.index, oracle.log_q().exp()) if q > 0.005}  # each missed w.p. < 1e-4
+    assert len(likely) > 5 and likely <= {tuple(tokens) for tokens, _, _ in rows}  # full support
+    for tokens, log_p, log_q in rows:
+        assert sum(log_p) == pytest.approx(oracle.suffix(tokens, 0), abs=1e-5)
+        assert sum(log_q) == pytest.approx(oracle.suffix(tokens, 0, alpha), abs=1e-5)
 
 
 def test_harness_wrapper_has_the_generate_completions_shape(tiny_model_dir):

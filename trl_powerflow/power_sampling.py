@@ -93,21 +93,48 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
+@contextmanager
+def _without_generation_defaults(model):
+    """Hide `model.generation_config` (restored afterwards): `generate` fills every option that the config it is given
+    leaves unset (min_p, bad_words_ids, ...) from it, which would change the proposal or cut its support."""
+    from transformers import GenerationConfig
+
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's transformers model
+    saved = getattr(owner, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    owner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        owner.generation_config = saved
+
+
 @torch.no_grad()
 def _sample_suffixes(model, contexts, limits, alpha, eos_ids, pad_id):
     """Sample one suffix per context from q = softmax(alpha * logits), at most `limits[i]` tokens, stopping at EOS.
-    Returns per row (tokens, per-token log p, per-token log q)."""
+    Returns per row (tokens, per-token log p, per-token log q). The proposal is plain ancestral sampling at
+    temperature 1/alpha over the full vocabulary, whatever the model's own generation defaults are."""
     from transformers import GenerationConfig
 
     device = _model_device(model)
     width = max(len(c) for c in contexts)
     input_ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in contexts], device=device)
     attention_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
-    config = GenerationConfig(
+    config = GenerationConfig(  # every logits processor off (0 / 1.0 / None), except the temperature
         do_sample=True,
+        num_beams=1,
         temperature=1.0 / alpha,
         top_k=0,
         top_p=1.0,
+        min_p=None,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_length=0,
         max_new_tokens=max(limits),
         pad_token_id=pad_id,
         eos_token_id=list(eos_ids),
@@ -115,7 +142,8 @@ def _sample_suffixes(model, contexts, limits, alpha, eos_ids, pad_id):
         output_scores=True,
         return_dict_in_generate=True,
     )
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    with _without_generation_defaults(model):
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
     generated = out.sequences[:, width:]
     steps = generated.size(1)
     logits = torch.stack(out.logits[:steps], 1).double()  # raw logits: log p at temperature 1

@@ -7,7 +7,6 @@ import warnings
 
 import torch
 from accelerate.utils import is_peft_model
-from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
@@ -21,6 +20,7 @@ from trl.trainer.utils import (
 )
 
 from .config import PowerFlowConfig
+from .data import check_prompt_dataset
 from .log_z_head import (
     LOG_Z_HEAD_ATTR,
     LOG_Z_HEAD_FILE,
@@ -104,12 +104,12 @@ class PowerFlowTrainer(GRPOTrainer):
                 f"`args` must be a `PowerFlowConfig` (a `GRPOConfig` with the PowerFlow fields), got "
                 f"{type(args).__name__}. Replace `GRPOConfig(...)` with `PowerFlowConfig(...)`."
             )
-        _check_dataset("train_dataset", train_dataset, needs_prompt=environment_factory is None)
+        check_prompt_dataset("train_dataset", train_dataset, needs_prompt=environment_factory is None)
         if isinstance(eval_dataset, dict):
             for name, dataset in eval_dataset.items():
-                _check_dataset(f"eval_dataset[{name!r}]", dataset, needs_prompt=environment_factory is None)
+                check_prompt_dataset(f"eval_dataset[{name!r}]", dataset, needs_prompt=environment_factory is None)
         else:
-            _check_dataset("eval_dataset", eval_dataset, needs_prompt=environment_factory is None)
+            check_prompt_dataset("eval_dataset", eval_dataset, needs_prompt=environment_factory is None)
 
         if reward_funcs is None:
             reward_funcs = []
@@ -706,19 +706,6 @@ def write_completions_table(trainer):
         import trackio
 
         trackio.log({"completions": trackio.Table(dataframe=table)})
-
-
-def _check_dataset(name, dataset, needs_prompt):
-    if dataset is None:
-        return
-    if isinstance(dataset, Dataset) and len(dataset) == 0:
-        raise ValueError(f"`{name}` is empty: PowerFlow needs at least one prompt to generate completions from.")
-    columns = getattr(dataset, "column_names", None)
-    if needs_prompt and columns is not None and "prompt" not in columns:
-        raise ValueError(
-            f"`{name}` has no 'prompt' column (columns: {columns}). Rename the column holding the prompts to "
-            "'prompt' (plain text or a list of chat messages)."
-        )
 
 
 def _add_ref_adapter(model):
