@@ -260,3 +260,278 @@ def tiny_prompt_dataset(n: int = 16, conversational: bool = True, seed: int = 0)
         prompts.append([{"role": "user", "content": question}] if conversational else question)
         answers.append(str(result))
     return Dataset.from_dict({"prompt": prompts, "answer": answers})
+
+
+MOE_ARCHS = ("qwen3_moe", "gpt_oss")
+REWARD_ARCHS = ("qwen2", "llama")
+
+
+def build_tiny_moe_model(
+    tokenizer,
+    arch: str = "qwen3_moe",
+    hidden_size: int = 16,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    num_experts: int = 4,
+    num_experts_per_tok: int = 2,
+    intermediate_size: int = 32,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+):
+    """Randomly initialised float32 Mixture-of-Experts causal LM (Qwen3-MoE or GPT-OSS) sized to `tokenizer`, seeded.
+
+    Sized like TRL's tiny MoE test models (4 experts, 2 per token). `router_aux_loss_coef` and
+    `output_router_logits` keep the architecture's defaults, so the config declares the load-balancing coefficient
+    and the router logits are only returned when asked for (`output_router_logits=True` in the forward call).
+    """
+    from transformers import GenerationConfig, GptOssConfig, GptOssForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    if arch not in MOE_ARCHS:
+        raise ValueError(f"Unknown MoE arch {arch!r}; expected one of {list(MOE_ARCHS)}")
+    if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
+        raise ValueError(
+            f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}), "
+            f"which must be divisible by num_key_value_heads ({num_key_value_heads})"
+        )
+    token_ids = {
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        num_experts_per_tok=num_experts_per_tok,
+        max_position_embeddings=max_position_embeddings,
+        **token_ids,
+    )
+    if arch == "qwen3_moe":
+        config = Qwen3MoeConfig(num_experts=num_experts, moe_intermediate_size=intermediate_size, **common)
+        model_cls = Qwen3MoeForCausalLM
+    else:
+        # GPT-OSS defaults to YaRN scaled for a 4k -> 128k context; a plain RoPE suits a 512-token toy.
+        config = GptOssConfig(
+            num_local_experts=num_experts,
+            head_dim=hidden_size // num_attention_heads,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            **common,
+        )
+        model_cls = GptOssForCausalLM
+    for name in ("output_router_logits", "router_aux_loss_coef"):
+        if not hasattr(config.get_text_config(), name):
+            raise RuntimeError(f"{type(config).__name__} has no `{name}`: not a router-logit MoE config")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    model = model.to(torch.float32)
+    model.config.dtype = torch.float32
+    model.generation_config = GenerationConfig(**token_ids)
+    return model
+
+
+def build_tiny_reward_model(tokenizer, arch: str = "qwen2", hidden_size: int = 16, num_hidden_layers: int = 2, seed=0):
+    """Randomly initialised float32 sequence-classification model (one label: a scalar reward) sized to `tokenizer`."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config, Qwen2ForSequenceClassification
+
+    classes = {
+        "qwen2": (Qwen2Config, Qwen2ForSequenceClassification),
+        "llama": (LlamaConfig, LlamaForSequenceClassification),
+    }
+    if arch not in classes:
+        raise ValueError(f"Unknown reward arch {arch!r}; expected one of {list(REWARD_ARCHS)}")
+    config_cls, model_cls = classes[arch]
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    model = model.to(torch.float32)
+    model.config.dtype = torch.float32
+    return model
+
+
+def _save_cached(output_dir, settings: dict, build) -> str:
+    """Save `build()`'s (model, tokenizer) into `output_dir` unless already saved with `settings`; written like
+    `save_tiny_model` (temp dir, files moved in one by one, settings file last)."""
+    output_dir = os.fspath(output_dir)
+    if _is_complete(output_dir, settings):
+        return output_dir
+    model, tokenizer = build()
+    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.remove(os.path.join(output_dir, SETTINGS_FILE))
+    except FileNotFoundError:
+        pass
+    tmp_dir = tempfile.mkdtemp(prefix=".tiny_model_tmp_", dir=output_dir)
+    try:
+        model.save_pretrained(tmp_dir)
+        if not os.path.isfile(os.path.join(tmp_dir, "generation_config.json")):  # classifiers save none
+            from transformers import GenerationConfig
+
+            token_ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+            GenerationConfig(**token_ids).save_pretrained(tmp_dir)
+        tokenizer.save_pretrained(tmp_dir)
+        with open(os.path.join(tmp_dir, SETTINGS_FILE), "w") as f:
+            json.dump(settings, f, indent=2)
+        names = sorted(n for n in os.listdir(tmp_dir) if n != SETTINGS_FILE) + [SETTINGS_FILE]
+        for name in names:
+            os.replace(os.path.join(tmp_dir, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return output_dir
+
+
+def save_tiny_moe_model(output_dir, arch: str = "qwen3_moe", hidden_size: int = 16, seed: int = 0, **kwargs) -> str:
+    """Build and save the tiny tokenizer + a tiny MoE causal LM (`build_tiny_moe_model`) into `output_dir`.
+
+    Skipped when the directory already holds one saved with these settings; `kwargs` go to `build_tiny_moe_model`.
+    """
+    settings = _settings(arch, hidden_size, kwargs.get("num_hidden_layers", 2), seed, {"kind": "moe", **kwargs})
+
+    def build():
+        tokenizer = build_tiny_tokenizer()
+        model = build_tiny_moe_model(tokenizer, arch=arch, hidden_size=hidden_size, seed=seed, **kwargs)
+        return model, tokenizer
+
+    return _save_cached(output_dir, settings, build)
+
+
+def save_tiny_reward_model(
+    output_dir, arch: str = "qwen2", hidden_size: int = 16, seed: int = 0, chat_template: str | None = None
+) -> str:
+    """Build and save the tiny tokenizer + a tiny sequence-classification reward model into `output_dir`.
+
+    `chat_template` replaces the tokenizer's ChatML template (to get a reward tokenizer that formats conversations
+    differently from the policy's).
+    """
+    settings = _settings(arch, hidden_size, 2, seed, {"kind": "reward", "chat_template": chat_template})
+
+    def build():
+        tokenizer = build_tiny_tokenizer()
+        if chat_template is not None:
+            tokenizer.chat_template = chat_template
+        return build_tiny_reward_model(tokenizer, arch=arch, hidden_size=hidden_size, seed=seed), tokenizer
+
+    return _save_cached(output_dir, settings, build)
+
+
+IMAGE_TOKEN = "<image>"
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tiny_vlm(hidden_size: int = 32, image_size: int = 28, patch_size: int = 14, seed: int = 0):
+    """A tiny LLaVA (CLIP vision tower + Qwen2 decoder) and its processor, float32, seeded; returns (model, processor).
+
+    The processor is the tiny tokenizer plus an `<image>` token and a ChatML template that renders image parts, and a
+    PIL-backed CLIP image processor (no torchvision needed) resizing to `image_size`; each image becomes
+    (image_size / patch_size)^2 `<image>` tokens.
+    """
+    from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, IMAGE_TOKEN]})
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",  # drop CLIP's class token ...
+        num_additional_image_tokens=1,  # ... which the processor counts here
+        chat_template=VLM_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
+    token_ids = {
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+    config = LlavaConfig(
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            **token_ids,
+        },
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": patch_size,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        **token_ids,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model = model.to(torch.float32)
+    model.config.dtype = torch.float32
+    model.generation_config = GenerationConfig(**token_ids)
+    return model, processor
+
+
+def save_tiny_vlm(output_dir, hidden_size: int = 32, seed: int = 0) -> str:
+    """Build and save a tiny LLaVA and its processor (`build_tiny_vlm`) into `output_dir`, unless already there."""
+    settings = _settings("llava", hidden_size, 2, seed, {"kind": "vlm"})
+    return _save_cached(output_dir, settings, lambda: build_tiny_vlm(hidden_size=hidden_size, seed=seed))
+
+
+def tiny_image_prompt_dataset(n: int = 8, images_per_prompt: int = 1, image_size: int = 28, seed: int = 0):
+    """`n` conversational prompts asking about random RGB images (an "image" column, or "images" when several)."""
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    questions = ("What is in the image?", "Describe the picture.", "What colour is it?", "Is the image bright?")
+    prompts, images = [], []
+    for i in range(n):
+        parts = [{"type": "image"} for _ in range(images_per_prompt)]
+        prompts.append(
+            [{"role": "user", "content": parts + [{"type": "text", "text": questions[i % len(questions)]}]}]
+        )
+        pixels = rng.integers(0, 256, size=(images_per_prompt, image_size, image_size, 3), dtype=np.uint8)
+        images.append([Image.fromarray(p) for p in pixels])
+    if images_per_prompt == 1:
+        return Dataset.from_dict({"prompt": prompts, "image": [imgs[0] for imgs in images]})
+    return Dataset.from_dict({"prompt": prompts, "images": images})
