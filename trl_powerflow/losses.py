@@ -63,6 +63,22 @@ def tb_residual(
 
 
 @torch.no_grad()
+def sequence_log_ratio(
+    policy_logps: torch.Tensor, old_logps: torch.Tensor | None, mask: torch.Tensor, level: str = "sequence"
+) -> torch.Tensor:
+    """Detached log(pi/pi_old) per sequence: summed over tokens ('sequence') or averaged ('sequence_mean'), clamped to
+    [-20, 20] (exp of a long sequence's summed log-ratio can overflow); zeros when on-policy (`old_logps` None)."""
+    if old_logps is None:
+        return torch.zeros(policy_logps.size(0), dtype=policy_logps.dtype, device=policy_logps.device)
+    log_ratio, length = sequence_stats(policy_logps - old_logps, mask)
+    if level == "sequence_mean":
+        log_ratio = log_ratio / length.clamp(min=1.0)
+    elif level != "sequence":
+        raise ValueError(f"`level` must be 'sequence' or 'sequence_mean', got {level!r}.")
+    return log_ratio.clamp(min=-20.0, max=20.0)
+
+
+@torch.no_grad()
 def tb_importance_weights(
     policy_logps: torch.Tensor,
     old_logps: torch.Tensor | None,
@@ -76,15 +92,7 @@ def tb_importance_weights(
     ratio = exp(sum_t log(pi/pi_old)) for level 'sequence' (Eq. 10) or exp(mean_t log(pi/pi_old)) for
     'sequence_mean'. Without `old_logps` (on-policy), w = 1.
     """
-    if old_logps is None:
-        return torch.ones(policy_logps.size(0), dtype=policy_logps.dtype, device=policy_logps.device)
-    log_ratio, length = sequence_stats(policy_logps - old_logps, mask)
-    if level == "sequence_mean":
-        log_ratio = log_ratio / length.clamp(min=1.0)
-    elif level != "sequence":
-        raise ValueError(f"`level` must be 'sequence' or 'sequence_mean', got {level!r}.")
-    # Clamp in log space first: exp of a long sequence's summed log-ratio can overflow.
-    log_ratio = log_ratio.clamp(min=-20.0, max=20.0)
+    log_ratio = sequence_log_ratio(policy_logps, old_logps, mask, level)
     return torch.exp(log_ratio).clamp(1.0 - epsilon_low, 1.0 + epsilon_high)
 
 
@@ -107,12 +115,14 @@ def powerflow_loss(
     N is `num_sequences` when given (the trainer passes this micro-batch's share of the completions with tokens in the
     whole batch, so that every completion weighs the same whatever the split), else the number of valid rows here.
     Returns the scalar loss (0, still differentiable, when no row has tokens) and detached per-sequence tensors
-    `residual`, `weight`, `length`, `valid`, and the sums `s_pi` = sum_t log pi(y_t), `s_base` = sum_t log p_base(y_t).
+    `residual`, `weight`, `length`, `valid`, the sums `s_pi` = sum_t log pi(y_t), `s_base` = sum_t log p_base(y_t), and
+    `log_ratio`, the unclipped log(pi/pi_old) behind `weight`.
     """
     s_pi, length = sequence_stats(policy_logps, mask)
     s_base, _ = sequence_stats(base_logps, mask)
     residual = residual_from_sums(s_pi, s_base, length, log_z, alpha, psi, objective)
-    weight = tb_importance_weights(policy_logps, old_logps, mask, epsilon_low, epsilon_high, weight_level)
+    log_ratio = sequence_log_ratio(policy_logps, old_logps, mask, weight_level)
+    weight = torch.exp(log_ratio).clamp(1.0 - epsilon_low, 1.0 + epsilon_high)
     valid = (length > 0).to(residual.dtype)
     per_sequence = weight * residual.pow(2) * valid
     if num_sequences is None:
@@ -125,6 +135,7 @@ def powerflow_loss(
         "valid": valid.bool(),
         "s_pi": s_pi.detach(),
         "s_base": s_base.detach(),
+        "log_ratio": log_ratio,
     }
     return loss, stats
 

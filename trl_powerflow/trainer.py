@@ -8,6 +8,8 @@ import warnings
 import torch
 from accelerate.utils import is_peft_model
 from safetensors.torch import load_file, save_file
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
@@ -32,6 +34,14 @@ from .log_z_head import (
     with_log_z,
 )
 from .losses import effective_sample_size, group_log_z, k3_kl, powerflow_loss, sequence_stats, tb_residual
+
+logger = logging.get_logger(__name__)
+
+# Warn (with the numbers) when the mean |TB residual| of a micro-batch exceeds this, or the normalised ESS of the
+# unclipped pi/pi_old falls below this (or below 2 effective completions): a policy far from its target, or
+# generations reused far off-policy.
+LARGE_RESIDUAL = 10.0
+LOW_ESS = 0.1
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
 _FORWARD_KEYS = (
@@ -442,7 +452,7 @@ class PowerFlowTrainer(GRPOTrainer):
             )
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
-        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum, inputs)
+        self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum, inputs, loss)
         return loss
 
     @torch.no_grad()
@@ -489,7 +499,7 @@ class PowerFlowTrainer(GRPOTrainer):
         self.log_z_head.shift(delta)
         return delta
 
-    def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum, inputs):
+    def _log_tb_metrics(self, mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum, inputs, loss):
         """Gather per-sequence statistics once and log TB residual, log Z', per-token log-probs, length and ESS; in
         training also add this micro-batch to the step's sums for re-centring log Z'."""
         with torch.no_grad():
@@ -506,13 +516,17 @@ class PowerFlowTrainer(GRPOTrainer):
                     ent,
                     torch.zeros_like(ent) if kl_sum is None else kl_sum.float(),
                     inputs["row_index"].float(),
+                    loss.detach().float().expand_as(ent),
+                    stats["log_ratio"].float(),
                 ],
                 dim=1,
             )
             # One gather and one device-to-host copy per micro-batch; everything below runs on the CPU.
             gathered = self.accelerator.gather(per_seq).float().cpu()
-            res, weight, valid, log_z, s_pi, s_base, length, ent, kl, row = gathered.unbind(1)
+            res, weight, valid, log_z, s_pi, s_base, length, ent, kl, row, losses, log_ratio = gathered.unbind(1)
             valid = valid.bool()
+            ratio = torch.exp(log_ratio - log_ratio[valid].max()) if valid.any() else log_ratio  # scale-free for ESS
+            self._check_training_health(mode, losses, res[valid], log_z[valid], ratio, valid)
             if self.log_completions:  # w, log Z' and residual of each row, as first trained, for the table
                 row, table = row.long(), self._table_stats
                 first = torch.isnan(table[row, 0]) & valid
@@ -522,6 +536,7 @@ class PowerFlowTrainer(GRPOTrainer):
             # completions with no tokens left (e.g. masked truncations) are not in the loss: say how many
             metrics["powerflow/frac_no_tokens"].append(1.0 - valid.float().mean().item())
             metrics["powerflow/ess"].append(effective_sample_size(weight, valid).item())
+            metrics["powerflow/ess_unclipped"].append(effective_sample_size(ratio, valid).item())
             if valid.any():
                 r, w = res[valid], weight[valid]
                 metrics["powerflow/residual_mean"].append(r.mean().item())
@@ -539,6 +554,41 @@ class PowerFlowTrainer(GRPOTrainer):
             metrics["entropy"].append((ent.sum() / tokens).item())
             if kl_sum is not None:  # beta > 0: token-weighted mean k3 KL to the base model, as GRPO logs it
                 metrics["kl"].append((kl.sum() / tokens).item())
+
+    def _check_training_health(self, mode, losses, residual, log_z, ratio, valid):
+        """Stop before a backward on a non-finite loss, residual or log Z' (every process sees the same gathered
+        values, so all stop together); warn, with the numbers, on a large residual or a collapsed ESS."""
+        step = self.state.global_step + 1 if mode == "train" else self.state.global_step
+        bad = {
+            name: int((~torch.isfinite(values)).sum())
+            for name, values in (("loss", losses), ("TB residual", residual), ("log Z'", log_z))
+        }
+        bad = {name: count for name, count in bad.items() if count}
+        if bad:
+            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            counts = ", ".join(f"{name}: {count} value(s)" for name, count in bad.items())
+            raise FloatingPointError(
+                f"Non-finite values at {mode} step {step} ({counts}); "
+                "training stopped before this update. Likely causes: a learning rate (or log_z_learning_rate) too "
+                "large, fp16 overflow (use bf16 or fp32), a reward function returning inf/NaN (psi), or log-probs of "
+                "-inf from a sampler that produced tokens the model gives zero probability. Last good checkpoint: "
+                f"{checkpoint or 'none saved yet'}."
+            )
+        if residual.numel() and residual.abs().mean() > LARGE_RESIDUAL:
+            logger.warning(
+                f"{mode} step {step}: mean |TB residual| = {residual.abs().mean():.3g} (> {LARGE_RESIDUAL}), max "
+                f"{residual.abs().max():.3g}: the policy is far from p_base^alpha on these completions (check alpha, "
+                "the learning rates and psi)."
+            )
+        ess, n = effective_sample_size(ratio, valid), int(valid.sum())
+        threshold = max(LOW_ESS, 2.0 / max(n, 1))  # below 10% of the completions, or fewer than 2 effective ones
+        if n > 1 and ess < threshold:
+            logger.warning(
+                f"{mode} step {step}: effective sample size of the unclipped pi/pi_old = {ess:.3g} (< {threshold:.3g})"
+                f" over {n} completions: the generations are reused far off-policy and w is clipped for "
+                "most of them (lower num_iterations / steps_per_generation or the learning rate, or use "
+                "tb_weight_level='sequence_mean')."
+            )
 
     def log(self, logs, start_time=None):
         # Override: the completions table shows each completion's w, log Z' and TB residual instead of GRPO's
