@@ -42,6 +42,23 @@ class LogZHead(nn.Module):
         self.initialised.fill_(True)
 
 
+def full_head_state(head: nn.Module) -> dict[str, torch.Tensor]:
+    """The head's whole state dict on the CPU, also when FSDP shards its parameters. Under FSDP it is a collective:
+    every process must call it; the full tensors end up on process 0 (the others get an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=distributed)
+    return {k: v.detach().cpu().contiguous() for k, v in get_model_state_dict(head, options=options).items()}
+
+
+def load_full_head_state(head: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole head state dict (as saved in `LOG_Z_HEAD_FILE`) into `head`, sharded by FSDP or not."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(head, state, options=StateDictOptions(full_state_dict=True))
+
+
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `hidden_states` (B, P, d) over the positions where `mask` (B, P) is 1."""
     mask = mask.to(hidden_states.dtype).unsqueeze(-1)

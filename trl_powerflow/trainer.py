@@ -28,7 +28,9 @@ from .log_z_head import (
     LOG_Z_HEAD_FILE,
     LogZHead,
     LogZRequest,
+    full_head_state,
     is_log_z_param,
+    load_full_head_state,
     masked_mean,
     split_log_z_state_dict,
     with_log_z,
@@ -652,17 +654,23 @@ class PowerFlowTrainer(GRPOTrainer):
         super()._save(output_dir, state_dict=state_dict)
 
     def save_model(self, output_dir=None, _internal_call=False):
-        # Override: under ZeRO-3 without 16-bit gathering no state dict reaches `_save`; gather the head by itself.
+        # Override: when no full state dict reaches `_save` (ZeRO-3 without 16-bit gathering, FSDP sharded state
+        # dicts), gather the head by itself so every checkpoint holds it whole.
         super().save_model(output_dir, _internal_call)
-        if self.log_z_head is None or not self.is_deepspeed_enabled:
+        if self.log_z_head is None:
             return
-        zero = self.accelerator.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
-        if zero.get("stage") != 3 or zero.get("stage3_gather_16bit_weights_on_model_save", False) is True:
-            return
-        import deepspeed
+        if self.is_deepspeed_enabled:
+            zero = self.accelerator.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+            if zero.get("stage") != 3 or zero.get("stage3_gather_16bit_weights_on_model_save", False) is True:
+                return
+            import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(self.log_z_head.parameters())):  # collective: every rank
-            head_state = {k: v.detach().cpu().clone().contiguous() for k, v in self.log_z_head.state_dict().items()}
+            with deepspeed.zero.GatheredParameters(list(self.log_z_head.parameters())):  # collective: every rank
+                head_state = {k: v.detach().cpu().clone() for k, v in self.log_z_head.state_dict().items()}
+        elif self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            head_state = full_head_state(self.log_z_head)  # collective: every rank
+        else:
+            return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
@@ -678,7 +686,7 @@ class PowerFlowTrainer(GRPOTrainer):
                     f"Checkpoint {resume_from_checkpoint} has no {LOG_Z_HEAD_FILE}: it was not written by a "
                     "PowerFlowTrainer with a learned log-partition head."
                 )
-            self.log_z_head.load_state_dict(load_file(path, device="cpu"))
+            load_full_head_state(self.log_z_head, load_file(path, device="cpu"))  # sharded by FSDP or not
 
 
 # Sampler options that cut the support of the sampling distribution: TB never sees the completions they exclude.
