@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -247,6 +247,9 @@ def evaluate_model(
     alpha: float = 4.0,
     mcmc_steps: int = 10,
     block_size: int | None = None,
+    generate_fn: Callable[[list], list[list[dict]]] | None = None,
+    answer_extractor: Callable[[str], str | None] | None = None,
+    answer_match: Callable[[str | None, str | None], bool] | None = None,
 ) -> dict:
     """Sample `num_samples` completions per prompt of `dataset` and compute the metrics of the module docstring.
 
@@ -258,6 +261,13 @@ def evaluate_model(
     Metropolis–Hastings sampler of p^alpha, `trl_powerflow.power_sampling`, with `alpha`, `mcmc_steps` and
     `block_size`; temperature / top_p / top_k are then unused: its proposal is the model at temperature 1/alpha).
     ``forward_passes_per_answer`` is the mean number of sampled tokens (= incremental forward passes) per answer.
+
+    `generate_fn(prompts)`, when given, replaces the sampler (`model` is then unused, `method` only recorded): like
+    `generate_completions` it returns one list of `num_samples` ``{"text", "num_tokens", "truncated"}`` per prompt
+    (e.g. the vLLM sampler of `trl_powerflow.paper_benchmarks`). `answer_extractor(text)` turns a completion into its
+    answer (default `extract_answer`, the last ``\\boxed{}``) and `answer_match(answer, reference)` decides whether
+    it is correct (default `answers_equivalent`, math-verify); multiple-choice benchmarks pass a letter extractor and
+    exact letter match.
 
     Returns ``{"name", "metrics", "settings", "samples"}`` (+ ``"completions"`` when `return_completions`): metrics
     keyed as in the module docstring with "@k" spelled out (e.g. ``"avg@4"``, ``"pass@4"``, ``"maj@4"``, plus
@@ -277,7 +287,13 @@ def evaluate_model(
     prompts = [row[prompt_column] for row in rows]
     references = [reference_answer(row[answer_column]) for row in rows] if has_answers else [None] * len(rows)
 
-    if method == "sample":
+    if generate_fn is not None:
+        groups = generate_fn(prompts)
+        if len(groups) != len(prompts) or any(len(group) != num_samples for group in groups):
+            raise ValueError(
+                f"generate_fn must return {num_samples} completions for each of the {len(prompts)} prompts."
+            )
+    elif method == "sample":
         groups = generate_completions(
             model,
             tokenizer,
@@ -309,18 +325,20 @@ def evaluate_model(
         )
     else:
         raise ValueError(f"`method` must be 'sample' or 'power_sampling', got {method!r}.")
-    answers = [[extract_answer(sample["text"]) for sample in group] for group in groups]
+    extract = answer_extractor or extract_answer
+    match = answer_match or answers_equivalent
+    answers = [[extract(sample["text"]) for sample in group] for group in groups]
     k = num_samples
 
     metrics: dict[str, float | int | None] = {"num_prompts": len(rows), "num_samples": k}
     correct = None
     if has_answers:
-        correct = [[answers_equivalent(a, ref) for a in group] for group, ref in zip(answers, references)]
+        correct = [[match(a, ref) for a in group] for group, ref in zip(answers, references)]
         metrics[f"avg@{k}"] = avg_at_k(correct)
         metrics["pass@1"] = mean_pass_at_k(correct, 1)
         metrics[f"pass@{k}"] = mean_pass_at_k(correct, k)
         metrics[f"maj@{k}"] = _mean(
-            [float(answers_equivalent(majority_answer(group), ref)) for group, ref in zip(answers, references)]
+            [float(match(majority_answer(group), ref)) for group, ref in zip(answers, references)]
         )
     else:
         metrics.update({f"avg@{k}": None, "pass@1": None, f"pass@{k}": None, f"maj@{k}": None})
