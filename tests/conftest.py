@@ -10,6 +10,30 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# Markers by test file, so that `make test` (-m "not slow and not distributed") is a ~2 minute inner loop while the
+# README's command (and CI) still runs everything. `distributed`: launches several processes; `slow`: > ~30 s.
+DISTRIBUTED = {
+    "test_launch.py", "test_launch_matrix.py", "test_multi_node.py", "test_zero3_head_save.py", "test_fsdp2_head.py",
+}  # fmt: skip
+SLOW = {
+    "test_exact_fixed_point.py", "test_trl_grpo_parity.py", "test_benchmarks_smoke.py", "test_compare.py",
+    "test_bupo.py", "test_power_sampling.py", "test_demo.py", "test_synthetic_tasks.py", "test_evaluate_script.py",
+}  # fmt: skip
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "distributed: launches several processes (torchrun / accelerate launch)")
+    config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in DISTRIBUTED:
+            item.add_marker(pytest.mark.distributed)
+        if name in SLOW:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

@@ -1,0 +1,22 @@
+# Developer shortcuts. `make test-all` is exactly what CI runs (the README's test command, in a fresh .venv).
+PY ?= .venv/bin/python
+export OMP_NUM_THREADS = 1
+
+.PHONY: test test-all lint format bench-quick
+
+test:  ## fast inner loop (~2 min): everything but the slow and multi-process tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not distributed and not vllm"
+
+test-all:  ## the README's test command (what .ci/run runs)
+	bash .ci/run
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check trl_powerflow tests
+
+format:
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format trl_powerflow tests
+
+bench-quick:  ## every benchmark in its --quick mode
+	for b in step_cost waste convergence loss_cost; do $(PY) benchmarks/$$b.py --quick --out outputs/bench-quick/$$b || exit 1; done
