@@ -137,6 +137,10 @@ class BuPOMixin:
                 f"BuPOPowerFlowConfig), got {type(config).__name__}."
             )
         validate_bupo_fields(config)
+        if config.bupo_layer is not None and config.ddp_find_unused_parameters is None:
+            # The layers above k get no gradient while BuPO is active: DDP must look for unused parameters, which
+            # transformers turns off by default with gradient checkpointing (TRL's default).
+            config.ddp_find_unused_parameters = True
         super().__init__(*args, **kwargs)
         self.bupo_layer = config.bupo_layer
         self.bupo_steps = config.bupo_steps
