@@ -150,8 +150,9 @@ class PowerFlowConfig(GRPOConfig):
         default=True,
         metadata={
             "help": "After every optimizer step, shift the head's log Z' by minus the w-weighted mean TB residual of "
-            "that step's completions (all processes): the exact minimiser of the loss over the constant part of "
-            "log Z', so it never lags the policy whatever the learning rates. Only with 'head'."
+            "that step's completions (all processes) under the updated head: the exact minimiser of the loss over "
+            "the constant part of log Z', so that part never lags the policy whatever the two learning rates (the "
+            "prompt-dependent part still learns at `log_z_learning_rate`). Only with 'head'."
         },
     )
     log_z_detach_features: bool = field(

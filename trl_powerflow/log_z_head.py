@@ -93,6 +93,7 @@ class LogZRequest:
         self.log_z: list[torch.Tensor] = []
         self.keep_hidden = keep_hidden  # keep the (detached) hidden states of each forward, e.g. for metrics
         self.kept_hidden: list[torch.Tensor] = []
+        self.features: list[torch.Tensor] = []  # the head's (detached) inputs, for re-centring after the step
 
     def value(self) -> torch.Tensor:
         if not self.log_z:

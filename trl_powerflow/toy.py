@@ -1,8 +1,9 @@
 r"""An enumerable toy: a tiny causal LM over the vocabulary {<eos>, a, b, q} whose completions can all be listed.
 
-With `max_completion_length = L`, the completions of the prompt "q" are every token string that ends at the first
-<eos> or at length L (a completion that hits the limit without <eos> is terminal too). Their exact probabilities
-under any model are products of next-token probabilities, so distributions can be compared exactly.
+With `max_completion_length = L`, the completions of the prompt "q" (or of any other prompt) are every token
+string that ends at the first <eos> or at length L (a completion that hits the limit without <eos> is terminal too).
+Their exact probabilities under any model are products of next-token probabilities, so distributions can be compared
+exactly.
 """
 
 import itertools
@@ -13,6 +14,14 @@ import torch
 
 TOY_TOKENS = ("<eos>", "a", "b", "q")
 TOY_PROMPT = "q"
+# A second prompt, for checks where log Z'(q) must depend on the prompt. With the default toy model (seed 0) its LA-TB
+# fixed point differs from that of "q": lambda = -0.89 vs -0.72 at alpha = 2 (0.06 vs 0.25 with the shaping reward
+# below), its target is not peaked (largest pi* 0.49) and KL(p_base || pi*) is 0.40 (0.56 for "q"). Two tokens on
+# purpose: a one-token prompt t shares its contexts with completions that start with t (the toy cannot tell "t" from
+# "t t"; attention over identical tokens gives identical states), and "b" alone has a fixed point with 0.98 on the
+# empty answer. The completions are the same 40 strings.
+TOY_SECOND_PROMPT = "b a"
+TOY_SHAPING_BONUS = 0.5
 
 
 def build_toy_tokenizer():
@@ -85,6 +94,13 @@ def enumerate_completions(max_length: int, vocab_size: int = len(TOY_TOKENS), eo
     last = list(range(vocab_size))  # at the length limit every token ends the completion
     completions += [[*prefix, t] for prefix in itertools.product(others, repeat=max_length - 1) for t in last]
     return sorted(completions, key=lambda c: (len(c), c))
+
+
+def toy_shaping_reward(completions, **kwargs):
+    """A shaping term psi(y) for the toy: TOY_SHAPING_BONUS for completions containing the token "a", else 0 (a
+    `reward_funcs` entry). Completions are decoded text, with or without spaces between tokens ("aab" from GRPO's
+    decoding); "a" is the only token with the letter a, so a substring test finds the token."""
+    return [TOY_SHAPING_BONUS if "a" in str(completion) else 0.0 for completion in completions]
 
 
 @torch.no_grad()

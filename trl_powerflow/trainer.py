@@ -8,6 +8,7 @@ import warnings
 import torch
 from accelerate.utils import is_peft_model
 from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 from trl import GRPOTrainer
@@ -180,7 +181,7 @@ class PowerFlowTrainer(GRPOTrainer):
         self._rewards_per_func = None
         self._log_z_request = None  # LogZRequest of the policy forward in progress, if it needs log Z'(q)
         self._log_z_ready = False
-        self._recentre_sums = torch.zeros(2, dtype=torch.float64)  # sum w*r, sum w over this optimizer step
+        self._recentre_batch = []  # (features, w, r, log Z') of this optimizer step's completions, for re-centring
 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         if self.temperature != 1.0:
@@ -208,6 +209,8 @@ class PowerFlowTrainer(GRPOTrainer):
             # The head runs inside the forward of the module DDP/DeepSpeed wraps and its output is part of that
             # forward's output, so DDP with `find_unused_parameters=True` (LoRA, no checkpointing) sees it used.
             self.model.register_forward_hook(self._log_z_forward_hook, with_kwargs=True)
+            if args.log_z_recentre:
+                self.add_callback(_RecentreLogZ(self))
             user_optimizer, user_scheduler = optimizers
             if user_optimizer is not None:
                 if user_scheduler is not None:
@@ -259,6 +262,8 @@ class PowerFlowTrainer(GRPOTrainer):
         lm_head = policy.get_output_embeddings()
         head.to(lm_head.weight.device if lm_head is not None else self.accelerator.device)
         setattr(policy, LOG_Z_HEAD_ATTR, head)
+        # Its own FSDP unit under FSDP's transformer-based wrap, so it can also be called outside the root's forward.
+        policy._no_split_modules = [*(getattr(policy, "_no_split_modules", None) or []), type(head).__name__]
 
         return head
 
@@ -281,7 +286,9 @@ class PowerFlowTrainer(GRPOTrainer):
         features = masked_mean(hidden[:, : request.prompt_length], prompt_mask)
         if request.detach_features:
             features = features.detach()
-        log_z = self.log_z_head(features.to(self.log_z_head.out.weight.device))
+        features = features.to(self.log_z_head.out.weight.device)
+        log_z = self.log_z_head(features)
+        request.features.append(features.detach())
         request.log_z.append(log_z)
         return with_log_z(output, log_z)
 
@@ -455,6 +462,10 @@ class PowerFlowTrainer(GRPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
         self._log_tb_metrics(mode, per_token_logps, base_logps, mask, log_z, stats, entropies, kl_sum, inputs, loss)
+        if mode == "train" and self.log_z_head is not None and self.args.log_z_recentre:
+            valid = stats["valid"]
+            features = torch.cat(request.features, dim=0)[valid]
+            self._recentre_batch.append((features, stats["weight"][valid], stats["residual"][valid], log_z[valid]))
         return loss
 
     @torch.no_grad()
@@ -549,8 +560,6 @@ class PowerFlowTrainer(GRPOTrainer):
                 clipped = (w <= 1 - self.epsilon_low + 1e-6) | (w >= 1 + self.epsilon_high - 1e-6)
                 metrics["powerflow/weight_mean"].append(w.mean().item())
                 metrics["powerflow/weight_clip_ratio"].append(clipped.float().mean().item())
-                if mode == "train" and self.log_z_head is not None and self.args.log_z_recentre:
-                    self._recentre_sums += torch.stack([(w * r).sum(), w.sum()]).double()
             metrics["powerflow/policy_logp_per_token"].append((s_pi.sum() / tokens).item())
             metrics["powerflow/base_logp_per_token"].append((s_base.sum() / tokens).item())
             metrics["entropy"].append((ent.sum() / tokens).item())
@@ -603,17 +612,23 @@ class PowerFlowTrainer(GRPOTrainer):
         if log_completions and self.accelerator.is_main_process and self._logs["prompt"]:
             write_completions_table(self)
 
-    def training_step(self, model, inputs, num_items_in_batch):
-        # Override: at the end of an optimizer step's last micro-batch, re-centre log Z' on that step's residuals.
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._step % self.current_gradient_accumulation_steps == 0:
-            sum_wr, sum_w = self._recentre_sums.tolist()
-            self._recentre_sums.zero_()
-            if sum_w > 0:
-                # argmin_c sum_y w(y) (r(y) + c)^2 = -sum w r / sum w: the exact minimiser of the loss over the
-                # constant part of log Z', so log Z' never lags the policy, whatever the two learning rates.
-                self.log_z_head.shift(-sum_wr / sum_w)
-        return loss
+    @torch.no_grad()
+    def _recentre_log_z(self):
+        """After the optimizer step: shift log Z' by c = -sum w (r + h_new - h_old) / sum w over the step's completions
+        (all processes), r the residuals the step was computed with, h_new - h_old the head's own move on their
+        prompt features (h_new without dropout). c = argmin_c sum_y w (r' + c)^2 for the new head: the exact minimiser
+        over the constant of log Z', so log Z' neither lags the policy nor overshoots by the head's own step."""
+        batch, self._recentre_batch = self._recentre_batch, []
+        sums = torch.zeros(2, dtype=torch.float64, device=self.log_z_head.out.weight.device)
+        training = self.log_z_head.training
+        self.log_z_head.eval()
+        for features, weight, residual, old in batch:
+            moved = residual + (self.log_z_head(features) - old.detach())  # residual under the new head
+            sums += torch.stack([(weight * moved).sum(), weight.sum()]).to(sums)
+        self.log_z_head.train(training)
+        sums = self.accelerator.reduce(sums, reduction="sum")
+        if sums[1] > 0:
+            self.log_z_head.shift(-(sums[0] / sums[1]).item())
 
     @torch.no_grad()
     def _per_token_logps(self, batch, base: bool):
@@ -722,6 +737,16 @@ def _warn_undetermined_target(args):
             UserWarning,
             stacklevel=3,
         )
+
+
+class _RecentreLogZ(TrainerCallback):
+    """Re-centre log Z' right after each optimizer step (before any checkpoint of that step is saved)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._recentre_log_z()
 
 
 def write_completions_table(trainer):
