@@ -79,7 +79,7 @@ class PowerFlowTrainer(GRPOTrainer):
     _tag_names = ["trl", "powerflow"]
     _name = "PowerFlow"
     _paper = {
-        "title": "PowerFlow: Label-Free Fine-Tuning of Language Models by Matching the Alpha-Power of the Base Model",
+        "title": "PowerFlow",  # the arXiv id, venue and authors are those of PAPER_NOTES; the full title is not there
         "id": "2603.18363",
         # docstyle-ignore
         "citation": textwrap.dedent("""\
