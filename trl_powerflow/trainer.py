@@ -70,10 +70,17 @@ class PowerFlowTrainer(GRPOTrainer):
     r"""
     Trainer for PowerFlow: label-free fine-tuning towards `p_base(y|q)^alpha` (arXiv 2603.18363).
 
-    Same constructor as [`~trl.GRPOTrainer`]. `reward_funcs` is optional: without it training is label-free; with it,
-    the weighted sum of the rewards is the shaping term psi(y) inside alpha[...] of the LA-TB residual. The base model
-    p_base is the frozen starting checkpoint (a second frozen model, or the policy with its adapter disabled under
-    PEFT). All log-probabilities in the loss are temperature-1 probabilities, whatever the sampling temperature.
+    Same constructor as [`~trl.GRPOTrainer`]. The changes w.r.t. GRPOTrainer are:
+    - the loss: `sum_y w(y) r(y)^2 / N` with the length-aware TB residual
+      `r = log Z'(q) + mean_t log pi - alpha * (mean_t log p_base + psi)` replaces the clipped surrogate; every
+      completion with tokens weighs 1/N whatever the split; `beta > 0` adds GRPO's own KL term, MoE models their
+      aux loss;
+    - no advantages: `reward_funcs` is optional (label-free by default); given, their weighted sum is psi(y);
+    - p_base is the frozen starting checkpoint (a frozen copy, or the policy with its adapter disabled under PEFT),
+      scored at temperature 1 like the policy, whatever the sampling temperature;
+    - log Z'(q): a learned head on the policy's prompt hidden states (run inside the wrapped forward, saved beside the
+      weights, re-centred after each optimizer step) or the head-free group estimate;
+    - logging: TB metrics, a completions table with w / log Z' / residual, and a stop on non-finite values.
     """
 
     _tag_names = ["trl", "powerflow"]
