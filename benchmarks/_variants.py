@@ -30,39 +30,26 @@ class SeparateHeadForwardPowerFlow(PowerFlowTrainer):
     """Before: the head's prompt features come from a second forward of the policy backbone over the prompt tokens
     (with grad), instead of the hidden states the loss forward already computed (captured by a hook)."""
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        out = super()._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-        )
-        captured = self._captured_hidden
-        if captured is not None and torch.is_grad_enabled():
-            self._captured_hidden = None  # do not capture our own extra forward
+    def _log_z_forward_hook(self, module, args, kwargs, output):
+        request = self._log_z_request
+        if request is not None and request.hidden is not None and torch.is_grad_enabled():
+            self._log_z_request = None  # do not capture our own extra forward
             try:
-                policy = self.accelerator.unwrap_model(model)
-                n_prompt = input_ids.size(1) - logits_to_keep
-                hidden = policy.base_model(
-                    input_ids=input_ids[:, :n_prompt], attention_mask=attention_mask[:, :n_prompt], use_cache=False
+                policy = self.accelerator.unwrap_model(self.model)
+                n_prompt = request.prompt_length
+                request.hidden = policy.base_model(
+                    input_ids=kwargs["input_ids"][:, :n_prompt],
+                    attention_mask=kwargs["attention_mask"][:, :n_prompt],
+                    use_cache=False,
                 ).last_hidden_state
             finally:
-                self._captured_hidden = captured
-            captured.clear()
-            captured.append(hidden)
-        return out
+                self._log_z_request = request
+        return super()._log_z_forward_hook(module, args, kwargs, output)
 
 
 class SliceFirstHeadPowerFlow(PowerFlowTrainer):
-    """Suggested micro-fix: keep only the prompt positions of the captured hidden states before `torch.cat`, so the
-    loss does not copy (and back-propagate through a copy of) the full (B, P + L, d) last hidden state."""
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        out = super()._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-        )
-        captured = self._captured_hidden
-        if captured is not None and torch.is_grad_enabled():
-            n_prompt = input_ids.size(1) - logits_to_keep
-            captured[:] = [h[:, :n_prompt] for h in captured]
-        return out
+    """Formerly the suggested micro-fix "slice the prompt positions before concatenating the captured hidden states";
+    the trainer now computes the head inside the forward from the prompt positions only, so this arm equals it."""
 
 
 class FusedGroupPowerFlow(PowerFlowTrainer):
