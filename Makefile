@@ -4,7 +4,7 @@ export OMP_NUM_THREADS = 1
 
 .PHONY: test test-all lint format bench-quick
 
-test:  ## fast inner loop (~2 min): everything but the slow and multi-process tests
+test:  ## fast inner loop: everything but the slow, multi-process and vLLM tests
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not distributed and not vllm"
 
 test-all:  ## the README's test command (what .ci/run runs)

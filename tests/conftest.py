@@ -10,7 +10,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-# Markers by test file, so that `make test` (-m "not slow and not distributed") is a ~2 minute inner loop while the
+# Markers by test file, so that `make test` (-m "not slow and not distributed") is a short inner loop while the
 # README's command (and CI) still runs everything. `distributed`: launches several processes; `slow`: > ~30 s.
 DISTRIBUTED = {
     "test_launch.py", "test_launch_matrix.py", "test_multi_node.py", "test_zero3_head_save.py", "test_fsdp2_head.py",
