@@ -7,11 +7,18 @@
 Every `PowerFlowConfig` / `GRPOConfig` / `trl.ModelConfig` option is a command-line flag or a recipe key. Without
 `--model_name_or_path` an embedded tiny model is built offline; without `--dataset_name` an embedded arithmetic prompt
 set is used.
+
+The demonstration (`trl_powerflow.demo`): `--demo digit_chains` trains the pretrained digit-chain base shipped with the
+package on label-free digit-chain prompts, and `--eval_before_after` samples the starting and the trained model on
+held-out prompts and prints a before/after table (and writes it, its JSON and a plot next to the model):
+
+    python scripts/train.py --config scripts/recipes/demo_digit_chains.yaml
 """
 
 import argparse
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 TRAINERS = ("powerflow", "grpo")
@@ -65,6 +72,33 @@ class TrainScriptArguments:
     )
     layer_entropy_prompts: int = field(
         default=4, metadata={"help": "Probe prompts of --layer_entropy_every (the first evaluation/training ones)."}
+    )
+    demo: str | None = field(
+        default=None,
+        metadata={
+            "help": "'digit_chains': the digit-chain demo. Without --model_name_or_path it trains the small base "
+            "pretrained on noisy digit-chain solutions and shipped with the package (trl_powerflow/assets/"
+            "digit_chain_base); without --dataset_name it trains on digit-chain prompts kept out of that pretraining "
+            "(--max_train_samples of 256), and --eval_before_after evaluates on held-out ones (--eval_prompts of 64)."
+        },
+    )
+    eval_before_after: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample the starting model and the trained model (loaded back from --output_dir) alike on "
+            "held-out prompts and print a table (avg@k accuracy, pass@k, maj@k, mean length, distinct answers); also "
+            "writes before_after.md/.json/.png in --output_dir. Prompts: the demo's held-out set, else the "
+            "--dataset_test_split of --dataset_name, else embedded arithmetic prompts (seed 1)."
+        },
+    )
+    eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts of --eval_before_after."})
+    eval_samples: int = field(default=8, metadata={"help": "Samples per prompt (k) of --eval_before_after."})
+    eval_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Token limit of --eval_before_after samples (None: max_completion_length)."}
+    )
+    eval_seed: int = field(default=0, metadata={"help": "Sampling seed of --eval_before_after (same for both)."})
+    eval_prompts_per_batch: int = field(
+        default=16, metadata={"help": "Prompts per generate call of --eval_before_after."}
     )
 
 
@@ -209,6 +243,7 @@ def check_inputs(script_args, training_args) -> str | None:
             f"--max_train_samples must be >= 1, got {script_args.max_train_samples}. Leave it unset to train on "
             "every prompt."
         )
+    check_demo_inputs(script_args)
     if script_args.trainer == "grpo" and not script_args.reward_funcs:
         raise ValueError("GRPO needs at least one reward: pass --reward_funcs (e.g. accuracy).")
     for name in script_args.reward_funcs:
@@ -218,6 +253,31 @@ def check_inputs(script_args, training_args) -> str | None:
                 "string 'package.module:function'."
             )
     return resolve_checkpoint(training_args)
+
+
+def check_demo_inputs(script_args):
+    """The options of --demo and --eval_before_after."""
+    from trl_powerflow.demo import DEMOS, DIGIT_CHAIN_MAX_EVAL, DIGIT_CHAIN_MAX_TRAIN
+
+    if script_args.demo is not None and script_args.demo not in DEMOS:
+        raise ValueError(f"--demo must be one of {list(DEMOS)}, got {script_args.demo!r}.")
+    for name in ("eval_prompts", "eval_samples", "eval_prompts_per_batch", "eval_max_new_tokens"):
+        value = getattr(script_args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}.")
+    if script_args.demo == "digit_chains":
+        if script_args.eval_before_after and script_args.eval_prompts > DIGIT_CHAIN_MAX_EVAL:
+            raise ValueError(
+                f"--demo digit_chains has {DIGIT_CHAIN_MAX_EVAL} held-out prompts (never seen in pretraining or RL); "
+                f"--eval_prompts {script_args.eval_prompts} asks for more. Pass at most {DIGIT_CHAIN_MAX_EVAL}."
+            )
+        train_samples = script_args.max_train_samples
+        if script_args.dataset_name is None and train_samples is not None and train_samples > DIGIT_CHAIN_MAX_TRAIN:
+            raise ValueError(
+                f"--demo digit_chains has {DIGIT_CHAIN_MAX_TRAIN} training prompts kept out of the base's "
+                f"pretraining; --max_train_samples {train_samples} asks for more. Pass at most "
+                f"{DIGIT_CHAIN_MAX_TRAIN}."
+            )
 
 
 def resolve_checkpoint(training_args) -> str | None:
@@ -251,6 +311,10 @@ def resolve_checkpoint(training_args) -> str | None:
 
 def resolve_model(script_args, training_args, model_args) -> str:
     """A loadable model id or path; builds the embedded tiny model when none is given. Fails before training."""
+    if model_args.model_name_or_path is None and script_args.demo == "digit_chains":
+        from trl_powerflow.demo import digit_chain_base_path
+
+        return digit_chain_base_path()
     if model_args.model_name_or_path is None:
         from trl_powerflow.tiny_models import save_tiny_model
 
@@ -279,6 +343,16 @@ def load_datasets(script_args, training_args):
     from trl_powerflow.tiny_models import tiny_prompt_dataset
 
     eval_dataset = None
+    if script_args.dataset_name is None and script_args.demo == "digit_chains":
+        from datasets import Dataset
+
+        from trl_powerflow.demo import DIGIT_CHAIN_MAX_TRAIN, digit_chain_splits
+
+        train_rows, eval_rows = digit_chain_splits(script_args.max_train_samples or DIGIT_CHAIN_MAX_TRAIN)
+        train_dataset = Dataset.from_list(train_rows)
+        if training_args.eval_strategy != "no":
+            eval_dataset = Dataset.from_list(eval_rows)
+        return train_dataset, eval_dataset
     if script_args.dataset_name is None:
         train_dataset = tiny_prompt_dataset(n=script_args.max_train_samples or 64)
         if training_args.eval_strategy != "no":
@@ -323,6 +397,11 @@ def main(argv: list[str] | None = None):
         )
     model_path = resolve_model(script_args, training_args, model_args)
     train_dataset, eval_dataset = load_datasets(script_args, training_args)
+    before = None
+    if script_args.eval_before_after:
+        held_out_rows = before_after_rows(script_args)
+        if state.is_main_process:
+            before = evaluate_before_after(script_args, training_args, model_path, held_out_rows, "before (base)")
 
     quantization_config = get_quantization_config(model_args)
     training_args.model_init_kwargs = {
@@ -374,12 +453,104 @@ def main(argv: list[str] | None = None):
         )
         install_first(trainer, callback)
 
+    started = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.time() - started
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(f"Saved the trained model to {training_args.output_dir}")
+        if before is not None:
+            steps = trainer.state.global_step
+            output_dir = training_args.output_dir
+            name = f"after ({steps} step{'' if steps == 1 else 's'})"
+            after = evaluate_before_after(script_args, training_args, output_dir, held_out_rows, name)
+            report_before_after(script_args, training_args, model_path, before, after, steps, train_seconds)
     shutdown()
     return trainer
+
+
+def before_after_rows(script_args) -> list[dict]:
+    """The held-out prompts of --eval_before_after: the demo's held-out set, else the test split of the dataset,
+    else embedded arithmetic prompts (seed 1, like the embedded evaluation set)."""
+    n = script_args.eval_prompts
+    if script_args.demo == "digit_chains":
+        from trl_powerflow.demo import digit_chain_splits
+
+        return digit_chain_splits(num_eval=n)[1]
+    if script_args.dataset_name is None:
+        from trl_powerflow.tiny_models import tiny_prompt_dataset
+
+        return [dict(row) for row in tiny_prompt_dataset(n=n, seed=1)]
+    from trl_powerflow.data import load_prompt_dataset
+
+    dataset = load_prompt_dataset(
+        script_args.dataset_name,
+        config=script_args.dataset_config,
+        split=script_args.dataset_test_split,
+        prompt_column=script_args.prompt_column,
+        prompt_suffix=script_args.prompt_suffix,
+        system_prompt=script_args.system_prompt,
+        max_samples=n,
+        as_chat=script_args.prompt_as_chat,
+    )
+    return [dict(row) for row in dataset]
+
+
+def evaluate_before_after(script_args, training_args, model_path, rows, name) -> dict:
+    """Sample `model_path` on the held-out rows (k = --eval_samples, temperature 1, --eval_seed) and report how
+    long it took."""
+    from trl_powerflow.demo import evaluate_checkpoint
+
+    task_metrics = None
+    if script_args.demo == "digit_chains":
+        from trl_powerflow.synthetic_tasks import chain_metrics as task_metrics
+    print(
+        f"[train.py] evaluating {name}: {len(rows)} held-out prompts x {script_args.eval_samples} samples", flush=True
+    )
+    started = time.time()
+    result = evaluate_checkpoint(
+        model_path,
+        rows,
+        name=name,
+        num_samples=script_args.eval_samples,
+        max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
+        seed=script_args.eval_seed,
+        batch_size=script_args.eval_prompts_per_batch,
+        task_metrics=task_metrics,
+    )
+    result["eval_seconds"] = time.time() - started
+    k = script_args.eval_samples
+    print(
+        f"[train.py] {name}: avg@{k} {result['metrics'][f'avg@{k}'] or 0:.3f} ({result['eval_seconds']:.0f}s)",
+        flush=True,
+    )
+    return result
+
+
+def report_before_after(script_args, training_args, model_path, before, after, steps, train_seconds):
+    """Print the before/after table and write it, its JSON and the plot in the output directory."""
+    from trl_powerflow.demo import format_before_after_table, write_before_after
+
+    title = f"PowerFlow alpha={training_args.alpha}" if script_args.trainer == "powerflow" else "GRPO"
+    title += f" + {', '.join(script_args.reward_funcs)}" if script_args.reward_funcs else ", label-free"
+    if script_args.demo:
+        title += f", {script_args.demo}"
+    info = {
+        "title": title,
+        "model": model_path,
+        "trainer": script_args.trainer,
+        "demo": script_args.demo,
+        "steps": steps,
+        "train_seconds": train_seconds,
+    }
+    paths = write_before_after(before, after, training_args.output_dir, info)
+    print(f"\n{title}: before and after {steps} training steps\n", flush=True)
+    print(format_before_after_table(before, after), flush=True)
+    print(
+        f"\nTimes: evaluation before {before['eval_seconds']:.0f}s, training {train_seconds:.0f}s, evaluation after "
+        f"{after['eval_seconds']:.0f}s. Wrote {', '.join(paths.values())}",
+        flush=True,
+    )
 
 
 def shutdown():
