@@ -218,7 +218,7 @@ def build_trainer(spec, callbacks, output_dir):
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-    from trl_powerflow.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
     arm = spec["arm"]
     dataset = tiny_prompt_dataset(n=max(64, spec["prompts_per_step"] * (spec["warmup"] + spec["steps"] + 2)))
@@ -538,7 +538,7 @@ def default_cache_dir():
 
 
 def model_dir_for(size, cache_dir=None):
-    from trl_powerflow.tiny_models import save_tiny_model
+    from trl_powerflow.toys.tiny_models import save_tiny_model
 
     hidden, layers = MODEL_SIZES[size]
     cache_dir = cache_dir or default_cache_dir()

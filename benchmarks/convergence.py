@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Convergence cost on the enumerable toy: steps and training seconds to reach a given exact KL.
 
-PowerFlowTrainer is trained through its public API on the toy of `trl_powerflow/toy.py` (prompt "q", vocabulary
-{<eos>, a, b, q}, max_completion_length 3: 40 completions, all probabilities exact). Every `--eval-every` steps a
-callback computes the exact KL(pi_theta || pi*) to the fixed point pi* of the objective being trained:
+PowerFlowTrainer is trained through its public API on the toy of `trl_powerflow/toys/enumerable.py` (prompt "q",
+vocabulary {<eos>, a, b, q}, max_completion_length 3: 40 completions, all probabilities exact). Every `--eval-every`
+steps a callback computes the exact KL(pi_theta || pi*) to the fixed point pi* of the objective being trained:
 
   la_tb    pi*(y) = p_base(y)^alpha exp(-lambda |y|), lambda the root of sum_y p_base^alpha exp(-lambda |y|) = 1
   tb_traj  pi*(y) = p_base(y)^alpha / sum_y' p_base(y')^alpha
@@ -35,35 +35,33 @@ CONFIGS = [("la_tb", "head"), ("la_tb", "group"), ("tb_traj", "head"), ("tb_traj
 
 
 def fixed_point(base_logp, lengths, alpha, objective):
-    import torch
+    """log pi* of the objective: the normalised alpha-power for tb_traj, p^alpha exp(-lambda |y|) for la_tb."""
+    from trl_powerflow.toys.enumerable import la_tb_fixed_point, power_target_logprobs
 
     if objective == "tb_traj":
-        return alpha * base_logp - torch.logsumexp(alpha * base_logp, 0)
-
-    def f(lam):  # decreasing in lam
-        return torch.logsumexp(alpha * base_logp - lam * lengths, 0).item()
-
-    lo, hi = -100.0, 100.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
-    return alpha * base_logp - (lo + hi) / 2 * lengths
+        return power_target_logprobs(base_logp, alpha)
+    return la_tb_fixed_point(base_logp, lengths, alpha)
 
 
 def run_one(objective, estimator, seed, args, model_dir, out_dir):
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-    from trl_powerflow.toy import TOY_TOKENS, completion_logprobs, enumerate_completions
+    from trl_powerflow.toys.enumerable import (
+        TOY_TOKENS,
+        completion_lengths,
+        completion_logprobs,
+        enumerate_completions,
+        power_target_logprobs,
+    )
 
     prompt = [TOY_TOKENS.index("q")]
     completions = enumerate_completions(MAX_LEN)
-    lengths = torch.tensor([len(c) for c in completions], dtype=torch.float64)
+    lengths = completion_lengths(completions)
     base_logp = completion_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), prompt, completions)
     target = fixed_point(base_logp, lengths, args.alpha, objective)
-    power = args.alpha * base_logp - torch.logsumexp(args.alpha * base_logp, 0)  # pure alpha-power target
+    power = power_target_logprobs(base_logp, args.alpha)  # pure alpha-power target
 
     def kls(model):
         was_training = model.training
@@ -261,7 +259,7 @@ def main(argv=None):
     args.eval_every = args.eval_every or (3 if args.quick else 1)
 
     torch = _bench.set_single_thread()
-    from trl_powerflow.toy import save_toy_model
+    from trl_powerflow.toys.enumerable import save_toy_model
 
     out_dir = args.out or (tempfile.mkdtemp(prefix="convergence_") if args.quick else DEFAULT_OUT)
     os.makedirs(out_dir, exist_ok=True)

@@ -8,9 +8,9 @@ Why not `step_cost.py`: its models are the tiny CPU sizes (`_bench.MODEL_SIZES`)
 
 - Model: a randomly initialised Qwen2 decoder of Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV heads,
   intermediate 4864, vocab 151936, tied embeddings; 494M parameters), saved in bf16. Tokenizer: the project's own tiny
-  byte-level BPE (`trl_powerflow.tiny_models.build_tiny_tokenizer`, 512 tokens) with the model's vocabulary left at
-  Qwen's 151936: the model may sample ids the tokenizer does not know, which decode to nothing (the text is only used
-  by GRPO's cheap reward); every id still costs a full 151936-way softmax, as with the real model. Nothing is
+  byte-level BPE (`trl_powerflow.toys.tiny_models.build_tiny_tokenizer`, 512 tokens) with the model's vocabulary left
+  at Qwen's 151936: the model may sample ids the tokenizer does not know, which decode to nothing (the text is only
+  used by GRPO's cheap reward); every id still costs a full 151936-way softmax, as with the real model. Nothing is
   downloaded.
 - Precision: `bf16=True` and `model_init_kwargs={"dtype": "bfloat16"}` (bf16 weights, as `trl grpo` loads Qwen2.5-0.5B
   whose config says bfloat16); `--dtype fp32` for float32 weights without autocast.
@@ -78,7 +78,7 @@ def build_model_dir(path, shape, dtype, device, seed=0):
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from trl_powerflow.tiny_models import build_tiny_tokenizer
+    from trl_powerflow.toys.tiny_models import build_tiny_tokenizer
 
     marker = os.path.join(path, "gpu_step_cost_model.json")
     settings = {"shape": SHAPES[shape], "dtype": dtype, "seed": seed}

@@ -68,7 +68,7 @@ def build(kind, extra, spec, work_dir, dataset):
 def run_config(cfg, reps, warmup, cache_dir, work_dir):
     import torch
 
-    from trl_powerflow.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
     model_dir = _bench.model_dir_for(cfg["model"], cache_dir)
     spec = {**cfg, "model_dir": model_dir, "warmup": 0, "steps": 1, "arm": "loss"}

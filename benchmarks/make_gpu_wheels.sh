@@ -10,7 +10,7 @@
 #                       but datasets), so transformers 5.17 satisfies it
 #   datasets 5.2.0      + dill<0.4.2 and multiprocess<0.70.20 (not in the image)
 #   fsspec 2026.9.0     only installed there if the image's fsspec is newer than datasets 5.2.0's cap (<=2026.9.0)
-#   math-verify 0.9.0   (imported lazily by trl_powerflow.rewards) + latex2sympy2_extended 1.11.0 + antlr4 4.13.2
+#   math-verify 0.9.0   (imported lazily by trl_powerflow.data.answers) + latex2sympy2_extended 1.11.0 + antlr4 4.13.2
 # Left out on purpose: deepspeed (sdist only, multi-GPU ZeRO; no core test needs it), torch/transformers/... (there).
 # Every wheel here is pure Python; multiprocess ships one wheel per Python minor version, so both cp311 and cp312 are
 # fetched (the image's python3 is 3.12 per the device notes; pip picks the matching one). Versions are the ones the

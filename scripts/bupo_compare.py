@@ -77,7 +77,7 @@ def load_recipe(path):
 
 def load_data(args):
     from trl_powerflow.data import load_prompt_dataset
-    from trl_powerflow.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
     train = load_prompt_dataset(args.dataset) if args.dataset else tiny_prompt_dataset(n=64)
     if args.eval_dataset:
@@ -90,10 +90,10 @@ def load_data(args):
 def run_one(args, kind, variant, seed, model_path, settings, train, evaluation, tokenizer):
     import torch
 
+    from trl_powerflow.baselines import get_reward_funcs, set_reward_model
     from trl_powerflow.bupo import BuPOGRPOConfig, BuPOGRPOTrainer, BuPOPowerFlowConfig, BuPOPowerFlowTrainer
+    from trl_powerflow.bupo.logit_lens import LayerEntropyCallback, install_first
     from trl_powerflow.evaluation import evaluate_model
-    from trl_powerflow.logit_lens import LayerEntropyCallback, install_first
-    from trl_powerflow.rewards import get_reward_funcs, set_reward_model
 
     name = f"{kind}-{variant}"
     out = os.path.join(args.output_dir, f"{name}-seed{seed}")
@@ -172,7 +172,7 @@ def _last(history, key, count=5):
 
 
 def summarise(results, settings) -> str:
-    from trl_powerflow.logit_lens import entropy_history
+    from trl_powerflow.bupo.logit_lens import entropy_history
 
     k, n = settings["bupo_layer"], settings["bupo_steps"]
     names = list(dict.fromkeys(r["name"] for r in results))
@@ -275,33 +275,25 @@ def plot_losses(results, path, mark):
 
 
 # ---------------------------------------------------------------------------------------------------- exact toy
-def la_tb_fixed_point(base_logp, lengths, alpha):
-    """log pi*(y) = alpha log p(y) - lambda |y|, lambda the root of sum_y p^alpha(y) exp(-lambda |y|) = 1."""
-    import torch
-
-    lo, hi = -100.0, 100.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if torch.logsumexp(alpha * base_logp - mid * lengths, 0).item() > 0:
-            lo = mid
-        else:
-            hi = mid
-    return alpha * base_logp - (lo + hi) / 2 * lengths
-
-
 def run_toy(args):
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from trl_powerflow.bupo import BuPOPowerFlowConfig, BuPOPowerFlowTrainer
-    from trl_powerflow.logit_lens import LayerEntropyCallback
-    from trl_powerflow.toy import TOY_TOKENS, completion_logprobs, enumerate_completions, save_toy_model
+    from trl_powerflow.bupo.logit_lens import LayerEntropyCallback
+    from trl_powerflow.toys.enumerable import (
+        TOY_TOKENS,
+        completion_lengths,
+        completion_logprobs,
+        enumerate_completions,
+        la_tb_fixed_point,
+        save_toy_model,
+    )
 
     model_dir = save_toy_model(os.path.join(args.output_dir, "toy-2layers"), num_hidden_layers=2)
     prompt = [TOY_TOKENS.index("q")]
     completions = enumerate_completions(3)
-    lengths = torch.tensor([len(c) for c in completions], dtype=torch.float64)
+    lengths = completion_lengths(completions)
     base_logp = completion_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), prompt, completions)
     target = la_tb_fixed_point(base_logp, lengths, args.toy_alpha)
     layer = args.bupo_layer if args.bupo_layer is not None else 1
@@ -442,7 +434,7 @@ def main(argv=None):
     from trl import GRPOConfig
 
     from trl_powerflow import PowerFlowConfig
-    from trl_powerflow.tiny_models import save_tiny_model
+    from trl_powerflow.toys.tiny_models import save_tiny_model
 
     torch.set_num_threads(1)
     os.makedirs(args.output_dir, exist_ok=True)

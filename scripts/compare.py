@@ -298,7 +298,7 @@ def training_log(run_dir: str) -> list[dict]:
 def load_eval_rows(args) -> list[dict]:
     if args.eval_dataset is None:
         from trl_powerflow.data import edit_prompt
-        from trl_powerflow.tiny_models import tiny_prompt_dataset
+        from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
         rows = [dict(r) for r in tiny_prompt_dataset(n=args.eval_max_prompts or 16, seed=1)]
         for row in rows:
@@ -339,7 +339,7 @@ class Evaluator:
         self.task_metrics = import_object(args.task_metrics) if args.task_metrics else None
         self.embedder = None
         if args.embedder == "auto":
-            from trl_powerflow.eval_metrics import load_default_embedder
+            from trl_powerflow.evaluation.metrics import load_default_embedder
 
             self.embedder = load_default_embedder()
         elif args.embedder != "none":
@@ -598,7 +598,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     model_path = args.model_name_or_path
     if model_path is None:
-        from trl_powerflow.tiny_models import save_tiny_model
+        from trl_powerflow.toys.tiny_models import save_tiny_model
 
         model_path = save_tiny_model(os.path.join(args.output_dir, "tiny-model"))
 

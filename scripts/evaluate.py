@@ -4,7 +4,7 @@ r"""Evaluate checkpoints by sampling: avg@k / pass@k accuracy, lengths, truncati
 `--model` is a model directory, a hub id or a PEFT adapter directory (detected by its adapter_config.json), optionally
 named: `--model PowerFlow=outputs/powerflow`. Two modes:
 
-1. One dataset (`--dataset`, default: the embedded tiny arithmetic dataset of `trl_powerflow.tiny_models`): writes
+1. One dataset (`--dataset`, default: the embedded tiny arithmetic dataset of `trl_powerflow.toys.tiny_models`): writes
    the metrics, the settings and a few sample completions to `--output_json` and prints a Markdown table::
 
     python scripts/evaluate.py --model out/powerflow --dataset HuggingFaceH4/MATH-500 --split test \
@@ -12,9 +12,10 @@ named: `--model PowerFlow=outputs/powerflow`. Two modes:
         --max_new_tokens 2048 --name PowerFlow --output_json out/powerflow_eval.json
 
 2. The paper's benchmarks (`--benchmark NAME[=PATH_OR_HUB_ID]`, repeatable, `all` for the six; see
-   `trl_powerflow.paper_benchmarks`), for one or several `--model`s, k = 16 by default: writes each model's results
-   to `--output_dir`/<name>.json and the paper's table (rows: methods; columns: benchmarks and their average, avg@k)
-   to `--output_dir`/paper_table.{md,json}. `--table_from a.json b.json` only rebuilds the table from such files::
+   `trl_powerflow.evaluation.paper_benchmarks`), for one or several `--model`s, k = 16 by default: writes each model's
+   results to `--output_dir`/<name>.json and the paper's table (rows: methods; columns: benchmarks and their average,
+   avg@k) to `--output_dir`/paper_table.{md,json}. `--table_from a.json b.json` only rebuilds the table from such
+   files::
 
     python scripts/evaluate.py --recipe scripts/recipes/eval/paper_table.yaml
     python scripts/evaluate.py --model Base=Qwen/Qwen2.5-Math-1.5B --benchmark all --backend vllm \
@@ -125,7 +126,7 @@ def parse_args(argv=None):
     if args.model and not args.benchmark and (len(args.model) > 1 or args.table_from):
         parser.error("Several --model (or --model with --table_from) need --benchmark: the paper's table.")
     if args.num_samples is None:
-        from trl_powerflow.paper_benchmarks import PAPER_NUM_SAMPLES
+        from trl_powerflow.evaluation.paper_benchmarks import PAPER_NUM_SAMPLES
 
         args.num_samples = PAPER_NUM_SAMPLES if args.benchmark else 4
     return args
@@ -134,7 +135,7 @@ def parse_args(argv=None):
 def load_dataset_for_eval(args):
     if args.dataset is None:
         from trl_powerflow.data import edit_prompt
-        from trl_powerflow.tiny_models import tiny_prompt_dataset
+        from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
         dataset = tiny_prompt_dataset(n=args.max_prompts or 16, conversational=True)
         if args.prompt_suffix or args.system_prompt:
@@ -169,7 +170,7 @@ def load_sampler(args, path):
     """(model, tokenizer, generate_fn): HF model and generate_fn None, or a vLLM engine and its sampler."""
     chat_kwargs = json.loads(args.chat_template_kwargs) if args.chat_template_kwargs else None
     if args.backend == "vllm":
-        from trl_powerflow.paper_benchmarks import load_vllm, vllm_sampler
+        from trl_powerflow.evaluation.paper_benchmarks import load_vllm, vllm_sampler
 
         llm, tokenizer = load_vllm(path, dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed)
         settings = {"num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
@@ -207,7 +208,7 @@ def write_json(path, data):
 
 
 def run_benchmarks(args):
-    from trl_powerflow.paper_benchmarks import (
+    from trl_powerflow.evaluation.paper_benchmarks import (
         build_paper_table,
         evaluate_benchmarks,
         format_paper_table,
@@ -259,7 +260,7 @@ def main(argv=None):
     if args.benchmark or args.table_from:
         return run_benchmarks(args)
     from trl_powerflow.evaluation import evaluate_model, format_markdown_table
-    from trl_powerflow.paper_benchmarks import parse_named_spec
+    from trl_powerflow.evaluation.paper_benchmarks import parse_named_spec
 
     label, path = parse_named_spec(args.model[0])
     model, tokenizer, generate_fn = load_sampler(args, path)

@@ -5,7 +5,7 @@ python scripts/make_tiny_model.py --output_dir /tmp/tiny-qwen2 [--arch qwen2|lla
 
 import argparse
 
-from trl_powerflow.tiny_models import ARCHS, save_tiny_model
+from trl_powerflow.toys.tiny_models import ARCHS, save_tiny_model
 
 
 def main(argv=None) -> str:

@@ -54,7 +54,7 @@ def plot(runs: dict[str, list[dict]], output: str, marks=(), title: str = "") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trl_powerflow.logit_lens import entropy_history
+    from trl_powerflow.bupo.logit_lens import entropy_history
 
     series = {name: entropy_history(history) for name, history in runs.items()}
     empty = [name for name, (steps, _) in series.items() if not steps]

@@ -5,8 +5,8 @@ r"""Pretrain the tiny base models of the small-scale experiment, offline and det
     python scripts/pretrain_tiny_base.py --task creative --output_dir outputs/experiment/creative
 
 `--task reasoning` trains a tiny Qwen2 (the package's offline tokenizer) on noisy worked solutions of the digit-chain
-task of `trl_powerflow.synthetic_tasks` (each step wrong with probability 0.2, a quarter of the solutions are bare
-guesses), so that the right answer is the model's mode but far from certain. It writes:
+task of `trl_powerflow.experiments.synthetic_tasks` (each step wrong with probability 0.2, a quarter of the solutions
+are bare guesses), so that the right answer is the model's mode but far from certain. It writes:
 
     <output_dir>/base/          the pretrained model + tokenizer (loadable with from_pretrained)
     <output_dir>/train.jsonl    RL training prompts with reference answers ("prompt", "answer")
@@ -67,7 +67,7 @@ class Encoder:
     with the generation prompt, the completion tokenized alone and closed with EOS."""
 
     def __init__(self, tokenizer):
-        from trl_powerflow.rewards import prompt_token_ids
+        from trl_powerflow.data import prompt_token_ids
 
         self.tokenizer = tokenizer
         self._prompt_token_ids = prompt_token_ids
@@ -87,7 +87,7 @@ class Encoder:
 
 
 def reasoning_sampler(seed: int, exclude: set[str]):
-    from trl_powerflow.synthetic_tasks import chain_prompt, sample_chain_problem, sample_chain_solution
+    from trl_powerflow.experiments.synthetic_tasks import chain_prompt, sample_chain_problem, sample_chain_solution
 
     rng = random.Random(seed)
 
@@ -102,7 +102,7 @@ def reasoning_sampler(seed: int, exclude: set[str]):
 
 
 def creative_sampler(seed: int, aligned: bool):
-    from trl_powerflow.synthetic_tasks import (
+    from trl_powerflow.experiments.synthetic_tasks import (
         NOUNS,
         POEM_PROMPT_TEMPLATES,
         poem_prompt,
@@ -193,7 +193,7 @@ def write_jsonl(rows, path):
 def sampled_check(path, rows, task, num_samples, seed):
     """Sample the saved model as the comparison harness does (T=1) and return the metrics and task metrics."""
     from trl_powerflow.evaluation import evaluate_model, load_model_and_tokenizer
-    from trl_powerflow.synthetic_tasks import chain_metrics, poem_metrics
+    from trl_powerflow.experiments.synthetic_tasks import chain_metrics, poem_metrics
 
     model, tokenizer = load_model_and_tokenizer(path, device="cpu")
     result = evaluate_model(
@@ -228,8 +228,8 @@ def main(argv=None):
         print(f"[pretrain] {args.output_dir} is complete; pass --force to retrain.")
         return args.output_dir
 
-    from trl_powerflow.synthetic_tasks import chain_rows, creative_rows
-    from trl_powerflow.tiny_models import build_tiny_model, build_tiny_tokenizer
+    from trl_powerflow.experiments.synthetic_tasks import chain_rows, creative_rows
+    from trl_powerflow.toys.tiny_models import build_tiny_model, build_tiny_tokenizer
 
     started = time.time()
     os.makedirs(args.output_dir, exist_ok=True)

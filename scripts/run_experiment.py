@@ -3,10 +3,10 @@ r"""The small-scale experiment of docs/experiment: pretrain the tiny bases, comp
 
     OMP_NUM_THREADS=1 python scripts/run_experiment.py --output_dir outputs/experiment --docs_dir docs/experiment
 
-1. Reasoning: `scripts/pretrain_tiny_base.py --task reasoning` pretrains a tiny Qwen2 on noisy worked solutions of
-   the digit-chain task (`trl_powerflow.synthetic_tasks`); `scripts/compare.py` then trains base / supervised GRPO /
-   Intuitor / entropy minimisation / TTRL / EMPO / PowerFlow (alpha 4 and 0.5, -traj and -token ablations) from it
-   with one shared recipe and budget, and evaluates every checkpoint on held-out problems.
+1. Reasoning: `scripts/pretrain_tiny_base.py --task reasoning` pretrains a tiny Qwen2 on noisy worked solutions of the
+   digit-chain task (`trl_powerflow.experiments.synthetic_tasks`); `scripts/compare.py` then trains base / supervised
+   GRPO / Intuitor / entropy minimisation / TTRL / EMPO / PowerFlow (alpha 4 and 0.5, -traj and -token ablations) from
+   it with one shared recipe and budget, and evaluates every checkpoint on held-out problems.
 2. Creative: `--task creative` pretrains a diverse base on rhyming couplets and an over-sharpened "aligned" model
    from it; `compare.py` starts every method from the aligned model (PowerFlow alpha 0.5 and 2, GRPO with the
    poem-quality reward, Intuitor, entropy minimisation) and also evaluates the pre-alignment base as a reference.
@@ -114,7 +114,7 @@ def compare_argv(args, task: str, data: str, out: str) -> list[str]:
             "--num_samples", "8",
             "--max_new_tokens", "48",
             "--embedder", "none",
-            "--task_metrics", "trl_powerflow.synthetic_tasks:chain_metrics",
+            "--task_metrics", "trl_powerflow.experiments.synthetic_tasks:chain_metrics",
             "--diversity_metric", "distinct_answer_fraction",
             "--alpha_high", "4", "--alpha_low", "0.5",
             "--train_args", REASONING_TRAIN_ARGS,
@@ -123,14 +123,14 @@ def compare_argv(args, task: str, data: str, out: str) -> list[str]:
             argv += ["--methods", "base", "grpo_accuracy", "powerflow", "--eval_max_prompts", "4"]
     else:
         steps = 2 if args.quick else args.creative_steps
-        quality_reward = "trl_powerflow.synthetic_tasks:poem_quality_reward"
+        quality_reward = "trl_powerflow.experiments.synthetic_tasks:poem_quality_reward"
         argv = common + [
             "--title", "Rhyming couplets (tiny over-sharpened 'aligned' model)",
             "--model_name_or_path", os.path.join(data, "aligned"),
             "--max_steps", str(steps),
             "--num_samples", "16",
             "--max_new_tokens", "32",
-            "--task_metrics", "trl_powerflow.synthetic_tasks:poem_metrics",
+            "--task_metrics", "trl_powerflow.experiments.synthetic_tasks:poem_metrics",
             "--quality_metric", "quality",
             "--diversity_metric", "distinct_poems",
             "--alpha_high", "2", "--alpha_low", "0.5",

@@ -8,9 +8,10 @@ Every `PowerFlowConfig` / `GRPOConfig` / `trl.ModelConfig` option is a command-l
 `--model_name_or_path` an embedded tiny model is built offline; without `--dataset_name` an embedded arithmetic prompt
 set is used.
 
-The demonstration (`trl_powerflow.demo`): `--demo digit_chains` trains the pretrained digit-chain base shipped with the
-package on label-free digit-chain prompts, and `--eval_before_after` samples the starting and the trained model on
-held-out prompts and prints a before/after table (and writes it, its JSON and a plot next to the model):
+The demonstration (`trl_powerflow.experiments.demo`): `--demo digit_chains` trains the pretrained digit-chain base
+shipped with the package on label-free digit-chain prompts, and `--eval_before_after` samples the starting and the
+trained model on held-out prompts and prints a before/after table (and writes it, its JSON and a plot next to the
+model):
 
     python scripts/train.py --config scripts/recipes/demo_digit_chains.yaml
 """
@@ -55,7 +56,7 @@ class TrainScriptArguments:
     reward_funcs: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Reward functions by name (see trl_powerflow.rewards.REWARD_FUNCS) or 'module:function'. For "
+            "help": "Reward functions by name (see trl_powerflow.baselines.REWARD_FUNCS) or 'module:function'. For "
             "GRPO they are the reward (required); for PowerFlow their weighted sum is the shaping term psi(y)."
         },
     )
@@ -67,7 +68,7 @@ class TrainScriptArguments:
         default=0,
         metadata={
             "help": "Log the entropy of every internal layer policy (logit lens, `layer_entropy/{l}`) every this "
-            "many steps, on completions of a fixed probe set of prompts (trl_powerflow.logit_lens). 0 disables."
+            "many steps, on completions of a fixed probe set of prompts (trl_powerflow.bupo.logit_lens). 0 disables."
         },
     )
     layer_entropy_prompts: int = field(
@@ -236,7 +237,7 @@ def parse(argv: list[str]):
 
 def check_inputs(script_args, training_args) -> str | None:
     """Cheap checks of the options before any data or model is loaded; returns the checkpoint to resume from."""
-    from trl_powerflow.rewards import REWARD_FUNCS
+    from trl_powerflow.baselines import REWARD_FUNCS
 
     if script_args.max_train_samples is not None and script_args.max_train_samples < 1:
         raise ValueError(
@@ -257,7 +258,7 @@ def check_inputs(script_args, training_args) -> str | None:
 
 def check_demo_inputs(script_args):
     """The options of --demo and --eval_before_after."""
-    from trl_powerflow.demo import DEMOS, DIGIT_CHAIN_MAX_EVAL, DIGIT_CHAIN_MAX_TRAIN
+    from trl_powerflow.experiments.demo import DEMOS, DIGIT_CHAIN_MAX_EVAL, DIGIT_CHAIN_MAX_TRAIN
 
     if script_args.demo is not None and script_args.demo not in DEMOS:
         raise ValueError(f"--demo must be one of {list(DEMOS)}, got {script_args.demo!r}.")
@@ -312,11 +313,11 @@ def resolve_checkpoint(training_args) -> str | None:
 def resolve_model(script_args, training_args, model_args) -> str:
     """A loadable model id or path; builds the embedded tiny model when none is given. Fails before training."""
     if model_args.model_name_or_path is None and script_args.demo == "digit_chains":
-        from trl_powerflow.demo import digit_chain_base_path
+        from trl_powerflow.experiments.demo import digit_chain_base_path
 
         return digit_chain_base_path()
     if model_args.model_name_or_path is None:
-        from trl_powerflow.tiny_models import save_tiny_model
+        from trl_powerflow.toys.tiny_models import save_tiny_model
 
         with training_args.main_process_first(desc="build the embedded tiny model"):
             return save_tiny_model(script_args.tiny_model_dir)
@@ -340,13 +341,13 @@ def resolve_model(script_args, training_args, model_args) -> str:
 
 def load_datasets(script_args, training_args):
     from trl_powerflow.data import load_prompt_dataset
-    from trl_powerflow.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
     eval_dataset = None
     if script_args.dataset_name is None and script_args.demo == "digit_chains":
         from datasets import Dataset
 
-        from trl_powerflow.demo import DIGIT_CHAIN_MAX_TRAIN, digit_chain_splits
+        from trl_powerflow.experiments.demo import DIGIT_CHAIN_MAX_TRAIN, digit_chain_splits
 
         train_rows, eval_rows = digit_chain_splits(script_args.max_train_samples or DIGIT_CHAIN_MAX_TRAIN)
         train_dataset = Dataset.from_list(train_rows)
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None):
     )
     reward_funcs = []
     if script_args.reward_funcs:
-        from trl_powerflow.rewards import get_reward_funcs
+        from trl_powerflow.baselines import get_reward_funcs
 
         reward_funcs = get_reward_funcs(script_args.reward_funcs, tokenizer=tokenizer)
     if training_args.bupo_layer is not None:
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None):
         if hasattr(reward, "model") and reward.model is None:
             reward.model = trainer.model
     if script_args.layer_entropy_every:
-        from trl_powerflow.logit_lens import LayerEntropyCallback, install_first
+        from trl_powerflow.bupo.logit_lens import LayerEntropyCallback, install_first
 
         probe = (eval_dataset if eval_dataset is not None else train_dataset)["prompt"]
         callback = LayerEntropyCallback(
@@ -474,11 +475,11 @@ def before_after_rows(script_args) -> list[dict]:
     else embedded arithmetic prompts (seed 1, like the embedded evaluation set)."""
     n = script_args.eval_prompts
     if script_args.demo == "digit_chains":
-        from trl_powerflow.demo import digit_chain_splits
+        from trl_powerflow.experiments.demo import digit_chain_splits
 
         return digit_chain_splits(num_eval=n)[1]
     if script_args.dataset_name is None:
-        from trl_powerflow.tiny_models import tiny_prompt_dataset
+        from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
         return [dict(row) for row in tiny_prompt_dataset(n=n, seed=1)]
     from trl_powerflow.data import load_prompt_dataset
@@ -499,11 +500,11 @@ def before_after_rows(script_args) -> list[dict]:
 def evaluate_before_after(script_args, training_args, model_path, rows, name) -> dict:
     """Sample `model_path` on the held-out rows (k = --eval_samples, temperature 1, --eval_seed) and report how
     long it took."""
-    from trl_powerflow.demo import evaluate_checkpoint
+    from trl_powerflow.experiments.demo import evaluate_checkpoint
 
     task_metrics = None
     if script_args.demo == "digit_chains":
-        from trl_powerflow.synthetic_tasks import chain_metrics as task_metrics
+        from trl_powerflow.experiments.synthetic_tasks import chain_metrics as task_metrics
     print(
         f"[train.py] evaluating {name}: {len(rows)} held-out prompts x {script_args.eval_samples} samples", flush=True
     )
@@ -529,7 +530,7 @@ def evaluate_before_after(script_args, training_args, model_path, rows, name) ->
 
 def report_before_after(script_args, training_args, model_path, before, after, steps, train_seconds):
     """Print the before/after table and write it, its JSON and the plot in the output directory."""
-    from trl_powerflow.demo import format_before_after_table, write_before_after
+    from trl_powerflow.experiments.demo import format_before_after_table, write_before_after
 
     title = f"PowerFlow alpha={training_args.alpha}" if script_args.trainer == "powerflow" else "GRPO"
     title += f" + {', '.join(script_args.reward_funcs)}" if script_args.reward_funcs else ", label-free"

@@ -37,13 +37,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from trl_powerflow.tiny_models import save_tiny_model
+    from trl_powerflow.toys.tiny_models import save_tiny_model
 
     return save_tiny_model(str(tmp_path_factory.mktemp("tiny") / "qwen2"))
 
 
 @pytest.fixture(scope="session")
 def toy_model_dir(tmp_path_factory):
-    from trl_powerflow.toy import save_toy_model
+    from trl_powerflow.toys.enumerable import save_toy_model
 
     return save_toy_model(str(tmp_path_factory.mktemp("toy") / "toy"))

@@ -25,7 +25,7 @@ def main():
     from datasets import Dataset
 
     from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-    from trl_powerflow.toy import TOY_TOKENS, toy_shaping_reward
+    from trl_powerflow.toys.enumerable import TOY_TOKENS, toy_shaping_reward
 
     model_dir, output_dir, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     prompts = spec["prompts"]

@@ -14,7 +14,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
-from trl_powerflow.log_z_head import LogZHead, full_head_state, load_full_head_state, masked_mean
+from trl_powerflow.training.log_z_head import LogZHead, full_head_state, load_full_head_state, masked_mean
 
 
 def sharded_policy(model_dir, mesh, seed):

@@ -43,7 +43,7 @@ def snapshot(model, head):
     """CPU copies of the trainable parameters and the head's state, gathered when ZeRO-3 partitions them."""
     import torch
 
-    from trl_powerflow.log_z_head import is_log_z_param
+    from trl_powerflow.training.log_z_head import is_log_z_param
 
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad and not is_log_z_param(name)]
     partitioned = [p for _, p in params if hasattr(p, "ds_id")] + [p for p in head.parameters() if hasattr(p, "ds_id")]
@@ -69,7 +69,7 @@ def run_case(name, model_path, out, max_steps, deepspeed_run):
 
     from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
     from trl_powerflow.bupo import BuPOPowerFlowConfig, BuPOPowerFlowTrainer
-    from trl_powerflow.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
     lora, checkpointing, bupo = CASES[name]
     config_cls, trainer_cls = (BuPOPowerFlowConfig, BuPOPowerFlowTrainer) if bupo else (

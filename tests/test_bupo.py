@@ -12,7 +12,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
 from trl_powerflow.bupo import BuPOGRPOConfig, BuPOGRPOTrainer, BuPOPowerFlowConfig, BuPOPowerFlowTrainer
-from trl_powerflow.tiny_models import save_tiny_model, tiny_prompt_dataset
+from trl_powerflow.toys.tiny_models import save_tiny_model, tiny_prompt_dataset
 
 NUM_LAYERS = 3
 

@@ -32,7 +32,7 @@ def test_quick_run_end_to_end(tiny_model_dir, tmp_path):
         "grpo_accuracy",
         "powerflow",
         "--task_metrics",
-        "trl_powerflow.synthetic_tasks:chain_metrics",
+        "trl_powerflow.experiments.synthetic_tasks:chain_metrics",
     ]
     completed = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

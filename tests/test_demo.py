@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_powerflow.demo import DIGIT_CHAIN_BASE, digit_chain_splits
+from trl_powerflow.experiments.demo import DIGIT_CHAIN_BASE, digit_chain_splits
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "scripts" / "recipes" / "demo_digit_chains.yaml"

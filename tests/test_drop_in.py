@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_powerflow import PowerFlowTrainer
-from trl_powerflow.tiny_models import tiny_prompt_dataset
+from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
 
 def zero_reward(completions, **kwargs):

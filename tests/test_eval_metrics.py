@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from trl_powerflow.eval_metrics import (
+from trl_powerflow.evaluation.metrics import (
     avg_at_k,
     distinct_answer_fraction,
     distinct_n,

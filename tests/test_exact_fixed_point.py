@@ -1,10 +1,10 @@
 """The test that proves the method: train PowerFlowTrainer on an enumerable toy and compare, exactly, with the
 fixed point of its objective computed here independently of the trainer.
 
-Toy (trl_powerflow/toy.py): vocabulary {<eos>, a, b, q}, prompts "q" and "b a", max_completion_length 3; every
-completion ends at the first <eos> or at the length limit (terminal too), so each prompt has 1 + 3 + 9 * 4 = 40 of
-them and all probabilities are exact. The oracle here is written from the residual of PAPER_NOTES §3 alone (no trainer
-or loss code). r(y) = 0 for every y, with the LA-TB residual
+Toy (trl_powerflow/toys/enumerable.py): vocabulary {<eos>, a, b, q}, prompts "q" and "b a", max_completion_length 3;
+every completion ends at the first <eos> or at the length limit (terminal too), so each prompt has 1 + 3 + 9 * 4 = 40
+of them and all probabilities are exact. The oracle here is written from the residual of PAPER_NOTES §3 alone (no
+trainer or loss code). r(y) = 0 for every y, with the LA-TB residual
     r(y) = log Z'(q) + S_pi(y)/|y| - alpha * (S_base(y)/|y| + psi(y)),      S = sum_t log p(y_t),
 gives  log pi*(y) = alpha * S_base(y) + alpha * |y| * psi(y) - lambda * |y|  and  log Z'* = lambda, the root of
 sum_y pi*(y) = 1 (bisection). psi sits inside the per-token bracket, so it enters pi* multiplied by |y|: the form
@@ -34,8 +34,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-from trl_powerflow.log_z_head import LOG_Z_HEAD_FILE, LogZHead
-from trl_powerflow.toy import (
+from trl_powerflow.toys.enumerable import (
     TOY_PROMPT,
     TOY_SECOND_PROMPT,
     TOY_SHAPING_BONUS,
@@ -44,6 +43,7 @@ from trl_powerflow.toy import (
     enumerate_completions,
     toy_shaping_reward,
 )
+from trl_powerflow.training.log_z_head import LOG_Z_HEAD_FILE, LogZHead
 
 MAX_LEN = 3
 COMPLETIONS = enumerate_completions(MAX_LEN)

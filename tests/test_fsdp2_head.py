@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from trl_powerflow.log_z_head import LogZHead, masked_mean
+from trl_powerflow.training.log_z_head import LogZHead, masked_mean
 
 REPO = Path(__file__).resolve().parent
 

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, T
 from trl import GRPOConfig
 
 from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-from trl_powerflow.config import GRPO_OPTIONS_KEPT, GRPO_OPTIONS_REJECTED
-from trl_powerflow.tiny_models import tiny_prompt_dataset
+from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
+from trl_powerflow.training.grpo_options import GRPO_OPTIONS_KEPT, GRPO_OPTIONS_REJECTED
 
 GRPO_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)} - {
     f.name for f in dataclasses.fields(TrainingArguments)

@@ -17,8 +17,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from trl_powerflow.log_z_head import LogZHead
-from trl_powerflow.rewards import REWARD_FUNCS
+from trl_powerflow.baselines import REWARD_FUNCS
+from trl_powerflow.training.log_z_head import LogZHead
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-from trl_powerflow.logit_lens import LayerEntropyCallback, entropy_history, layer_entropies, lens_parts
-from trl_powerflow.tiny_models import save_tiny_model, tiny_prompt_dataset
+from trl_powerflow.bupo.logit_lens import LayerEntropyCallback, entropy_history, layer_entropies, lens_parts
+from trl_powerflow.toys.tiny_models import save_tiny_model, tiny_prompt_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import os
 import pytest
 from datasets import Dataset, DatasetDict
 
-from trl_powerflow.paper_benchmarks import (
+from trl_powerflow.evaluation.paper_benchmarks import (
     BENCHMARKS,
     GPQA_PROMPT,
     PAPER_BENCHMARKS,
@@ -42,7 +42,8 @@ def load_script():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tiny local copies, each with its benchmark's hub schema (see the schema notes in trl_powerflow/paper_benchmarks.py)
+# Tiny local copies, each with its benchmark's hub schema (see the schema notes in
+# trl_powerflow/evaluation/paper_benchmarks.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 

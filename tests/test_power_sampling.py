@@ -18,16 +18,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_powerflow.evaluation import evaluate_model, generate_completions
-from trl_powerflow.power_sampling import (
+from trl_powerflow.evaluation import evaluate_model, evaluate_power_sampling, generate_completions
+from trl_powerflow.evaluation.power_sampling import (
     _sample_suffixes,
-    evaluate_power_sampling,
     mh_log_acceptance,
     power_sample,
     power_sampling_completions,
 )
-from trl_powerflow.tiny_models import tiny_prompt_dataset
-from trl_powerflow.toy import TOY_TOKENS, completion_logprobs, enumerate_completions
+from trl_powerflow.toys.enumerable import TOY_TOKENS, completion_logprobs, enumerate_completions
+from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
 MAX_LEN = 3
 PROMPT = [TOY_TOKENS.index("q")]

@@ -3,28 +3,24 @@ import math
 import pytest
 import torch
 
-from trl_powerflow.rewards import (
+from trl_powerflow.baselines import (
     REWARD_FUNCS,
     EntropyMinimisationReward,
     SelfCertaintyReward,
     accuracy_reward,
-    answers_equivalent,
     boxed_format_reward,
-    extract_answer,
-    extract_boxed,
     get_reward_funcs,
     group_slices,
-    majority_answer,
     majority_vote_reward,
     make_majority_vote_reward,
     make_semantic_entropy_reward,
     negative_entropy,
-    prompt_token_ids,
     self_certainty,
     semantic_entropy,
     semantic_entropy_reward,
     set_reward_model,
 )
+from trl_powerflow.data import answers_equivalent, extract_answer, extract_boxed, majority_answer, prompt_token_ids
 
 
 def boxed(x):
@@ -324,8 +320,8 @@ def test_registry_and_get_reward_funcs(tiny):
     assert funcs[0] is accuracy_reward and funcs[1] is majority_vote_reward
     assert isinstance(funcs[2], SelfCertaintyReward) and funcs[2].model is None
     assert get_reward_funcs("boxed_format") == [boxed_format_reward]
-    assert get_reward_funcs(["trl_powerflow.rewards:semantic_entropy_reward"]) == [semantic_entropy_reward]
-    (imported,) = get_reward_funcs(["trl_powerflow.rewards:EntropyMinimisationReward"], tokenizer=tokenizer)
+    assert get_reward_funcs(["trl_powerflow.baselines:semantic_entropy_reward"]) == [semantic_entropy_reward]
+    (imported,) = get_reward_funcs(["trl_powerflow.baselines:EntropyMinimisationReward"], tokenizer=tokenizer)
     assert isinstance(imported, EntropyMinimisationReward)
 
 
@@ -337,6 +333,6 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="Cannot import"):
         get_reward_funcs(["no_such_module_xyz:func"])
     with pytest.raises(ValueError, match="no attribute"):
-        get_reward_funcs(["trl_powerflow.rewards:nope"])
+        get_reward_funcs(["trl_powerflow.baselines:nope"])
     with pytest.raises(ValueError, match="not callable"):
-        get_reward_funcs(["trl_powerflow.rewards:REWARD_FUNCS.keys.__doc__"])
+        get_reward_funcs(["trl_powerflow.baselines:REWARD_FUNCS.keys.__doc__"])

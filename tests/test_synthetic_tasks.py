@@ -2,8 +2,9 @@ import random
 
 import pytest
 
-from trl_powerflow import synthetic_tasks as st
-from trl_powerflow.rewards import accuracy_reward, extract_answer
+from trl_powerflow.baselines import accuracy_reward
+from trl_powerflow.data import extract_answer
+from trl_powerflow.experiments import synthetic_tasks as st
 
 # ------------------------------------------------------------------------------------------------ digit chain
 

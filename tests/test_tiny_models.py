@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trl_powerflow import tiny_models
-from trl_powerflow.tiny_models import (
+from trl_powerflow.toys import tiny_models
+from trl_powerflow.toys.tiny_models import (
     SETTINGS_FILE,
     build_tiny_model,
     build_tiny_tokenizer,

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig
 
 from trl_powerflow import PowerFlowTrainer
-from trl_powerflow.log_z_head import LOG_Z_HEAD_FILE
-from trl_powerflow.tiny_models import tiny_prompt_dataset
+from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
+from trl_powerflow.training.log_z_head import LOG_Z_HEAD_FILE
 
 
 def make_args(tmp_path, **kwargs):
@@ -308,7 +308,7 @@ def test_trainer_optimizer_uses_the_head_learning_rate(tiny_model_dir, tmp_path)
 def test_vllm_weight_sync_excludes_the_head(tiny_model_dir, tmp_path):
     trainer = PowerFlowTrainer(model=tiny_model_dir, args=make_args(tmp_path), train_dataset=dataset())
     trainer.vllm_generation = SimpleNamespace(_iter_named_params=lambda: iter(trainer.model.named_parameters()))
-    trainer._exclude_log_z_from_vllm_sync()
+    trainer.log_z.exclude_from_vllm(trainer.vllm_generation)
     synced = [name for name, _ in trainer.vllm_generation._iter_named_params()]
     model_names = [n for n, _ in AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters()]
     assert synced == model_names

@@ -10,7 +10,7 @@ from helpers import powerflow_args
 from transformers import TrainerCallback
 
 from trl_powerflow import PowerFlowTrainer
-from trl_powerflow.tiny_models import tiny_prompt_dataset
+from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
 
 class PoisonBase:
@@ -70,9 +70,9 @@ def test_non_finite_values_stop_training_before_the_update(tiny_model_dir, tmp_p
 
 
 def warnings_of(trainer, caplog):
-    with caplog.at_level(logging.WARNING, logger="trl_powerflow.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_powerflow"):
         trainer.train()
-    return [r.getMessage() for r in caplog.records if r.name == "trl_powerflow.trainer"]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("trl_powerflow.")]
 
 
 def test_large_residual_is_a_warning_with_the_numbers(tiny_model_dir, tmp_path, caplog):

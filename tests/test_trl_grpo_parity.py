@@ -2,7 +2,7 @@
 `GRPOConfig` -> `PowerFlowConfig`): the drop-in promise is that a GRPO pipeline keeps working unchanged.
 
 Reference: `tests/test_grpo_trainer.py` of huggingface/trl (1.16 era). Everything runs offline on CPU: the Hub's tiny
-test models and the "zen" dataset are replaced by models built in code (`trl_powerflow.tiny_models`: tiny Qwen2 /
+test models and the "zen" dataset are replaced by models built in code (`trl_powerflow.toys.tiny_models`: tiny Qwen2 /
 Llama decoders, Qwen2 / Llama sequence-classification reward models, Qwen3-MoE and GPT-OSS MoE models) and small
 prompt datasets. Each test mirrors the checks TRL makes (training loss logged, every trainable parameter changed,
 PEFT base weights frozen, metric keys present, errors raised) with 1-2 optimizer steps.
@@ -74,7 +74,7 @@ from transformers import (
 )
 
 from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-from trl_powerflow.tiny_models import (
+from trl_powerflow.toys.tiny_models import (
     build_tiny_tokenizer,
     save_tiny_model,
     save_tiny_moe_model,

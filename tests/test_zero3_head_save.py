@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from trl_powerflow.log_z_head import LOG_Z_HEAD_FILE, LogZHead
+from trl_powerflow.training.log_z_head import LOG_Z_HEAD_FILE, LogZHead
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -117,8 +117,8 @@ def main(config, model_dir, output_dir):
     from trl.generation.vllm_generation import VLLMGeneration
 
     from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-    from trl_powerflow.log_z_head import is_log_z_param
-    from trl_powerflow.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.training.log_z_head import is_log_z_param
 
     torch.manual_seed(0)
     out = {"config": config, "temperature": SAMPLING_TEMPERATURE}

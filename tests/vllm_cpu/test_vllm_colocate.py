@@ -42,7 +42,7 @@ HEAD = "log_z_head"
 @pytest.fixture(scope="module")
 def vllm_model_dir(tmp_path_factory):
     """The tiny Qwen2 with head_dim 32 (vLLM's CPU attention needs head_dim >= 32)."""
-    from trl_powerflow.tiny_models import save_tiny_model
+    from trl_powerflow.toys.tiny_models import save_tiny_model
 
     path = str(tmp_path_factory.mktemp("vllm_tiny") / "qwen2")
     return save_tiny_model(path, hidden_size=128, num_attention_heads=4, num_key_value_heads=2)

@@ -4,8 +4,8 @@ r"""The digit-chain demo and the before/after evaluation of `scripts/train.py`.
 
 **The shipped base.** `DIGIT_CHAIN_BASE` (``trl_powerflow/assets/digit_chain_base``, package data, 2.4 MB) is a
 tiny Qwen2 (hidden 128, 2 layers, 0.59 M parameters, fp32, the package's offline tokenizer) pretrained offline on
-noisy worked solutions of the digit-chain task of `trl_powerflow.synthetic_tasks` (each step wrong with probability
-0.2, a quarter bare guesses) by::
+noisy worked solutions of the digit-chain task of `trl_powerflow.experiments.synthetic_tasks` (each step wrong with
+probability 0.2, a quarter bare guesses) by::
 
     OMP_NUM_THREADS=1 python scripts/pretrain_tiny_base.py --task reasoning --steps 1500 --output_dir <dir>  # seed 0
 
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 DEMOS = ("digit_chains",)
-DIGIT_CHAIN_BASE = str(Path(__file__).resolve().parent / "assets" / "digit_chain_base")
+DIGIT_CHAIN_BASE = str(Path(__file__).resolve().parents[1] / "assets" / "digit_chain_base")
 
 # The prompt sets `scripts/pretrain_tiny_base.py --task reasoning --seed 0` kept out of the shipped base's corpus.
 DIGIT_CHAIN_EVAL_SEED = 1000
@@ -120,7 +120,7 @@ def evaluate_checkpoint(
     """Load `path` (model directory or adapter directory, `from_pretrained`) and sample `num_samples` completions at
     temperature 1 per row with a fixed seed (`trl_powerflow.evaluation.evaluate_model`); `task_metrics(rows,
     completions)` adds task-specific metrics. Returns evaluate_model's result without the completions."""
-    from .evaluation import evaluate_model, load_model_and_tokenizer
+    from ..evaluation.generation import evaluate_model, load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(path)
     result = evaluate_model(

@@ -188,7 +188,7 @@ class LayerEntropyCallback(TrainerCallback):
             raise ValueError(f"`temperature` must be > 0, got {temperature}.")
         if not probe_prompts:
             raise ValueError("`probe_prompts` is empty.")
-        from .rewards import prompt_token_ids
+        from ..data.answers import prompt_token_ids
 
         self.tokenizer = tokenizer
         self.prompt_ids = [prompt_token_ids(tokenizer, p, chat_template_kwargs) for p in probe_prompts]

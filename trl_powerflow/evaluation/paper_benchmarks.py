@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .rewards import extract_answer, extract_boxed, prompt_token_ids
+from ..data.answers import extract_answer, extract_boxed, prompt_token_ids
 
 __all__ = [
     "BENCHMARKS",
@@ -309,14 +309,14 @@ def parse_benchmark_specs(specs: Sequence[str]) -> list[tuple[str, str | None]]:
 def _load_raw(benchmark: Benchmark, source: str | None, split: str | None, config: str | None):
     from datasets import concatenate_datasets
 
-    from .data import _load_split
+    from ..data.prompts import load_split
 
     source = source or benchmark.hub_id
     if os.path.exists(os.path.expanduser(source)):
-        return _load_split(os.path.expanduser(source), None, split or benchmark.split)
+        return load_split(os.path.expanduser(source), None, split or benchmark.split)
     known = next((s for s in benchmark.sources if s.hub_id == source), None)
     hub = known or HubSource(source, benchmark.split, benchmark.sources[0].configs)  # an unknown mirror: defaults
-    parts = [_load_split(source, cfg, split or hub.split) for cfg in ((config,) if config else hub.configs)]
+    parts = [load_split(source, cfg, split or hub.split) for cfg in ((config,) if config else hub.configs)]
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 
@@ -411,7 +411,7 @@ def evaluate_benchmarks(
     generate); GPQA-style benchmarks are scored by option letter. Returns ``{"name", "num_samples", "benchmarks":
     {benchmark: evaluate_model result}, "average": average_over_benchmarks(...)}``.
     """
-    from .evaluation import evaluate_model
+    from .generation import evaluate_model
 
     results = {}
     for benchmark_name, rows in benchmarks.items():

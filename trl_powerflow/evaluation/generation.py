@@ -30,7 +30,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .eval_metrics import (
+from ..data.answers import answers_equivalent, extract_answer, majority_answer, prompt_token_ids, reference_answer
+from .decoding import decode_completion, eos_token_ids, model_device
+from .metrics import (
     avg_at_k,
     distinct_answer_fraction,
     distinct_n,
@@ -39,11 +41,18 @@ from .eval_metrics import (
     mean_pairwise_cosine_distance,
     mean_pass_at_k,
 )
-from .rewards import answers_equivalent, extract_answer, majority_answer, prompt_token_ids, reference_answer
+from .power_sampling import power_sampling_completions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_model", "format_markdown_table", "generate_completions", "load_model_and_tokenizer"]
+__all__ = [
+    "evaluate_model",
+    "evaluate_one_pass",
+    "evaluate_power_sampling",
+    "format_markdown_table",
+    "generate_completions",
+    "load_model_and_tokenizer",
+]
 
 _TABLE_COLUMNS = (
     ("avg@k", "avg@k"),
@@ -115,28 +124,6 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def _eos_token_ids(model, tokenizer) -> list[int]:
-    ids = set()
-    generation_config = getattr(model, "generation_config", None)
-    configured = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured is not None:
-        ids.update(int(i) for i in configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError("Neither the model's generation config nor the tokenizer defines an EOS token.")
-    return sorted(ids)
-
-
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def generate_completions(
     model,
     tokenizer,
@@ -162,7 +149,7 @@ def generate_completions(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     greedy = temperature == 0
-    eos_ids = _eos_token_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     returned = 1 if greedy else num_samples
     generation_config = GenerationConfig(
@@ -180,7 +167,7 @@ def generate_completions(
         from transformers import set_seed
 
         set_seed(seed)
-    device = _model_device(model)
+    device = model_device(model)
     eos_set = set(eos_ids)
     was_training = model.training
     model.eval()
@@ -202,21 +189,11 @@ def generate_completions(
             generated = sequences[:, width:].tolist()
             for i in range(len(batch_ids)):
                 rows = generated[i * returned : (i + 1) * returned]
-                samples = [_decode(tokenizer, row, eos_set) for row in rows]
+                samples = [decode_completion(tokenizer, row, eos_set) for row in rows]
                 results.append([dict(samples[0]) for _ in range(num_samples)] if greedy else samples)
     finally:
         model.train(was_training)
     return results
-
-
-def _decode(tokenizer, row: list[int], eos_ids: set[int]) -> dict:
-    end = next((i for i, token in enumerate(row) if token in eos_ids), None)
-    tokens = row if end is None else row[:end]
-    return {
-        "text": tokenizer.decode(tokens, skip_special_tokens=True),
-        "num_tokens": len(row) if end is None else end + 1,
-        "truncated": end is None,
-    }
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -258,16 +235,16 @@ def evaluate_model(
     all-MiniLM-L6-v2 if installed, None disables semantic diversity, or an object with ``.encode`` / a callable.
 
     `method`: "sample" (one pass per completion with the settings above) or "power_sampling" (Karan & Du's
-    Metropolis–Hastings sampler of p^alpha, `trl_powerflow.power_sampling`, with `alpha`, `mcmc_steps` and
+    Metropolis–Hastings sampler of p^alpha, `trl_powerflow.evaluation.power_sampling`, with `alpha`, `mcmc_steps` and
     `block_size`; temperature / top_p / top_k are then unused: its proposal is the model at temperature 1/alpha).
     ``forward_passes_per_answer`` is the mean number of sampled tokens (= incremental forward passes) per answer.
 
     `generate_fn(prompts)`, when given, replaces the sampler (`model` is then unused, `method` only recorded): like
     `generate_completions` it returns one list of `num_samples` ``{"text", "num_tokens", "truncated"}`` per prompt
-    (e.g. the vLLM sampler of `trl_powerflow.paper_benchmarks`). `answer_extractor(text)` turns a completion into its
-    answer (default `extract_answer`, the last ``\\boxed{}``) and `answer_match(answer, reference)` decides whether
-    it is correct (default `answers_equivalent`, math-verify); multiple-choice benchmarks pass a letter extractor and
-    exact letter match.
+    (e.g. the vLLM sampler of `trl_powerflow.evaluation.paper_benchmarks`). `answer_extractor(text)` turns a
+    completion into its answer (default `extract_answer`, the last ``\\boxed{}``) and `answer_match(answer,
+    reference)` decides whether it is correct (default `answers_equivalent`, math-verify); multiple-choice benchmarks
+    pass a letter extractor and exact letter match.
 
     Returns ``{"name", "metrics", "settings", "samples"}`` (+ ``"completions"`` when `return_completions`): metrics
     keyed as in the module docstring with "@k" spelled out (e.g. ``"avg@4"``, ``"pass@4"``, ``"maj@4"``, plus
@@ -308,8 +285,6 @@ def evaluate_model(
             chat_template_kwargs=chat_template_kwargs,
         )
     elif method == "power_sampling":
-        from .power_sampling import power_sampling_completions
-
         groups = power_sampling_completions(
             model,
             tokenizer,
@@ -387,6 +362,32 @@ def evaluate_model(
             [{**sample, "answer": answer} for sample, answer in zip(group, group_answers)]
             for group, group_answers in zip(groups, answers)
         ]
+    return result
+
+
+def evaluate_power_sampling(
+    model, tokenizer, dataset, *, alpha: float = 4.0, mcmc_steps: int = 10, block_size: int | None = None, **kwargs
+) -> dict:
+    """`evaluate_model` with power sampling as the sampler (``method="power_sampling"``), completions included;
+    ``forward_passes_per_answer`` in the metrics and the power-sampling settings in ``settings``. `kwargs` go to
+    `evaluate_model` (temperature, top_p and top_k are ignored: the proposal is fixed to temperature 1/alpha)."""
+    power = dict(alpha=alpha, mcmc_steps=mcmc_steps, block_size=block_size)
+    result = evaluate_model(
+        model, tokenizer, dataset, method="power_sampling", return_completions=True, **power, **kwargs
+    )
+    samples = [s for group in result["completions"] for s in group]
+    result["metrics"]["forward_passes_per_answer"] = sum(s["forward_passes"] for s in samples) / len(samples)
+    result["settings"].update(
+        {"method": "power_sampling", "alpha": alpha, "mcmc_steps": mcmc_steps, "block_size": block_size}
+    )
+    return result
+
+
+def evaluate_one_pass(model, tokenizer, dataset, **kwargs) -> dict:
+    """`evaluate_model` (one-pass sampling), with ``forward_passes_per_answer`` = mean completion tokens."""
+    result = evaluate_model(model, tokenizer, dataset, **kwargs)
+    result["metrics"]["forward_passes_per_answer"] = result["metrics"]["mean_completion_tokens"]
+    result["settings"]["method"] = "sample"
     return result
 
 

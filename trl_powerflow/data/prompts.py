@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+__all__ = ["check_prompt_dataset", "edit_prompt", "load_prompt_dataset", "load_split"]
+
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _PROMPT_FORMAT = (
     "Every prompt must be non-blank text or a non-empty list of {'role', 'content'} chat messages with some "
@@ -35,7 +37,7 @@ def load_prompt_dataset(
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"`max_samples` must be >= 1 (or None for every row), got {max_samples}.")
-    dataset = _load_split(name_or_path, config, split)
+    dataset = load_split(name_or_path, config, split)
     if prompt_column not in dataset.column_names:
         raise ValueError(
             f"Dataset {name_or_path!r} (split {split!r}) has no column {prompt_column!r}; its columns are "
@@ -172,7 +174,9 @@ def edit_prompt(prompt, suffix: str | None = None, system_prompt: str | None = N
     return messages
 
 
-def _load_split(name_or_path, config, split):
+def load_split(name_or_path, config, split):
+    """One split of a hub id, a `datasets` directory (`save_to_disk`, or data files) or a local JSON/JSONL/CSV/Parquet
+    file, as a `Dataset`; a missing, empty or unreadable source raises one error that says what to pass instead."""
     if os.path.isdir(name_or_path):
         is_saved = any(
             os.path.isfile(os.path.join(name_or_path, f))

@@ -149,7 +149,7 @@ def parse_chain_solution(text: str) -> dict:
     Returns ``{"steps": [(a, sign, b, c), ...], "step_errors": number of steps with c != (a sign b) mod 10,
     "answer": the \boxed{} content or None, "guess": True when an answer is boxed without any step}``.
     """
-    from .rewards import extract_answer
+    from ..data.answers import extract_answer
 
     steps = [(int(a), sign, int(b), int(c)) for a, sign, b, c in _STEP_RE.findall(text)]
     errors = sum(1 for a, sign, b, c in steps if chain_answer(a, [(sign, b)]) != c)
@@ -176,7 +176,7 @@ def chain_metrics(rows: Sequence[dict], completions: Sequence[Sequence[dict]]) -
     """Task metrics over sampled completions (one list of ``{"text", ...}`` per row): the fraction of guesses (boxed
     answer without steps), the fraction of worked solutions, the mean number of steps and the step error rate, and
     the accuracy of guesses and of worked solutions separately (None when there is none)."""
-    from .rewards import answers_equivalent, reference_answer
+    from ..data.answers import answers_equivalent, reference_answer
 
     guesses = worked = steps = errors = 0
     guess_right = worked_right = 0
@@ -236,7 +236,7 @@ def poem_prompt(topic: str, template: int = 0) -> str:
 def prompt_topic(prompt) -> str | None:
     """The topic named by a poem prompt (text or chat messages), or None."""
     if not isinstance(prompt, str):
-        from .rewards import completion_text
+        from ..data.answers import completion_text
 
         prompt = " ".join(completion_text([m]) for m in prompt if m.get("role") == "user")
     match = _TOPIC_RE.search(prompt)
@@ -322,7 +322,7 @@ def poem_quality(text: str, topic: str | None) -> float:
 def poem_quality_reward(prompts, completions, **kwargs) -> list[float]:
     """TRL reward function: the fraction of the three constraints of `poem_checks` (form, topic, rhyme) a completion
     meets, so 1.0 exactly for a valid poem. The topic is read from the prompt."""
-    from .rewards import completion_text
+    from ..data.answers import completion_text
 
     rewards = []
     for prompt, completion in zip(prompts, completions):

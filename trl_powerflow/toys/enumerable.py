@@ -3,7 +3,8 @@ r"""An enumerable toy: a tiny causal LM over the vocabulary {<eos>, a, b, q} who
 With `max_completion_length = L`, the completions of the prompt "q" (or of any other prompt) are every token
 string that ends at the first <eos> or at length L (a completion that hits the limit without <eos> is terminal too).
 Their exact probabilities under any model are products of next-token probabilities, so distributions can be compared
-exactly.
+exactly: `completion_logprobs` gives log p_base(y) of every completion, `power_target_logprobs` the target
+p_base^alpha normalised over them, and `la_tb_fixed_point` the fixed point that LA-TB trains towards.
 """
 
 import itertools
@@ -11,6 +12,22 @@ import json
 import os
 
 import torch
+
+__all__ = [
+    "TOY_PROMPT",
+    "TOY_SECOND_PROMPT",
+    "TOY_SHAPING_BONUS",
+    "TOY_TOKENS",
+    "build_toy_tokenizer",
+    "completion_lengths",
+    "completion_logprobs",
+    "enumerate_completions",
+    "la_tb_fixed_point",
+    "la_tb_lambda",
+    "power_target_logprobs",
+    "save_toy_model",
+    "toy_shaping_reward",
+]
 
 TOY_TOKENS = ("<eos>", "a", "b", "q")
 TOY_PROMPT = "q"
@@ -116,3 +133,35 @@ def completion_logprobs(model, prompt_ids: list[int], completions: list[list[int
     token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     completion_mask = mask[:, len(prompt_ids) :].to(logps.device).double()
     return (token_logps * completion_mask).sum(-1).cpu()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exact targets over the enumerated completions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def completion_lengths(completions: list[list[int]]) -> torch.Tensor:
+    """|y| of each completion (EOS included), shape (N,), float64."""
+    return torch.tensor([len(c) for c in completions], dtype=torch.float64)
+
+
+def power_target_logprobs(base_logp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log pi(y) = alpha log p(y) - log sum_y' p(y')^alpha: the alpha-power target normalised over the completions
+    (also the fixed point of TB-traj without shaping)."""
+    return alpha * base_logp - torch.logsumexp(alpha * base_logp, 0)
+
+
+def la_tb_lambda(base_logp: torch.Tensor, lengths: torch.Tensor, alpha: float) -> float:
+    """lambda of the LA-TB fixed point: the root of sum_y p(y)^alpha exp(-lambda |y|) = 1 (the sum decreases in
+    lambda), by 200 bisection steps on [-100, 100]."""
+    lo, hi = -100.0, 100.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if torch.logsumexp(alpha * base_logp - mid * lengths, 0).item() > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def la_tb_fixed_point(base_logp: torch.Tensor, lengths: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log pi*(y) = alpha log p(y) - lambda |y|, lambda from `la_tb_lambda` (normalised by the choice of lambda): the
+    fixed point of the LA-TB objective without shaping, over the completions of `base_logp` / `lengths`."""
+    return alpha * base_logp - la_tb_lambda(base_logp, lengths, alpha) * lengths

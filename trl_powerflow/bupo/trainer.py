@@ -2,7 +2,7 @@ r"""Bottom-up policy optimisation (BuPO, Tan et al., arXiv 2512.19673) for `GRPO
 
 For the first `bupo_steps` optimiser steps the trainer optimises the *internal policy of layer k* (`bupo_layer`)
 instead of the model's final policy, then switches to the full model. The internal policy is the logit lens
-(`trl_powerflow.logit_lens`):
+(`trl_powerflow.bupo.logit_lens`):
 
     log pi_k(y_t | y_<t) = log_softmax( lm_head( norm( hidden_states[k] ) ) / T )[y_t]
 
@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from .config import PowerFlowConfig
+from ..config import PowerFlowConfig
+from ..trainer import PowerFlowTrainer
 from .logit_lens import lens_logits, lens_parts
-from .trainer import PowerFlowTrainer
 
 __all__ = ["BuPOGRPOConfig", "BuPOGRPOTrainer", "BuPOMixin", "BuPOPowerFlowConfig", "BuPOPowerFlowTrainer"]
 
@@ -228,7 +228,8 @@ class BuPOMixin:
     def _layer_logps(self, model, input_ids, attention_mask, logits_to_keep, compute_entropy):
         """Per-token log-probs (and entropies) of the layer-k policy for the last `logits_to_keep` tokens; zero where
         `attention_mask` is 0, like GRPO's fused head."""
-        request = getattr(self, "_log_z_request", None)
+        capture = getattr(self, "hidden_capture", None)  # PowerFlowTrainer's recorded forward (None under GRPO)
+        request = capture.request if capture is not None else None
         if request is not None:  # PowerFlow's log Z head: same (final) features, no gradient above layer k
             request.detach_features = True
         with self.accelerator.autocast():

@@ -44,7 +44,6 @@ one-pass sampling costs `num_tokens` forward passes per answer.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -52,12 +51,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.answers import prompt_token_ids
+from .decoding import decode_completion, eos_token_ids, model_device
+
 __all__ = [
     "PowerSamplingResult",
-    "evaluate_power_sampling",
     "mh_log_acceptance",
     "power_sample",
     "power_sampling_completions",
+    "toy_comparison",
 ]
 
 
@@ -86,13 +88,6 @@ def _as_list(ids) -> list[int]:
     return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else ids.tolist())]
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @contextmanager
 def _without_generation_defaults(model):
     """Hide `model.generation_config` (restored afterwards): `generate` fills every option that the config it is given
@@ -118,7 +113,7 @@ def _sample_suffixes(model, contexts, limits, alpha, eos_ids, pad_id):
     temperature 1/alpha over the full vocabulary, whatever the model's own generation defaults are."""
     from transformers import GenerationConfig
 
-    device = _model_device(model)
+    device = model_device(model)
     width = max(len(c) for c in contexts)
     input_ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in contexts], device=device)
     attention_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
@@ -197,7 +192,7 @@ def power_sample(
     result = PowerSamplingResult(completions=[], forward_passes=[])
     was_training = model.training
     model.eval()
-    device = _model_device(model)
+    device = model_device(model)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:
@@ -272,12 +267,9 @@ def power_sampling_completions(
     """Drop-in for `trl_powerflow.evaluation.generate_completions` (same prompts, same output): `num_samples`
     independent power-sampling chains per prompt. Each sample is ``{"text", "num_tokens", "truncated",
     "forward_passes"}``. `batch_size` counts prompts per batch (each with `num_samples` chains)."""
-    from .evaluation import _decode, _eos_token_ids
-    from .rewards import prompt_token_ids
-
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    eos_ids = _eos_token_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     ids = [prompt_token_ids(tokenizer, p, chat_template_kwargs) for p in prompts]
     chains = [prompt for prompt in ids for _ in range(num_samples)]
@@ -298,87 +290,11 @@ def power_sampling_completions(
     for p in range(len(prompts)):
         group = []
         for j in range(p * num_samples, (p + 1) * num_samples):
-            sample = _decode(tokenizer, result.completions[j], eos_set)
+            sample = decode_completion(tokenizer, result.completions[j], eos_set)
             sample["forward_passes"] = result.forward_passes[j]
             group.append(sample)
         groups.append(group)
     return groups
-
-
-@contextmanager
-def _patched_generator(**power_kwargs):
-    """Make `evaluation.evaluate_model` draw its completions with power sampling (interim, until evaluation.py has a
-    `method` argument); all metrics are then computed by the harness's own code."""
-    from . import evaluation
-
-    original = evaluation.generate_completions
-
-    def generate(
-        model,
-        tokenizer,
-        prompts,
-        num_samples=4,
-        max_new_tokens=256,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        batch_size=8,
-        seed=0,
-        chat_template_kwargs=None,
-    ):
-        return power_sampling_completions(
-            model,
-            tokenizer,
-            prompts,
-            num_samples=num_samples,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            seed=seed,
-            chat_template_kwargs=chat_template_kwargs,
-            **power_kwargs,
-        )
-
-    evaluation.generate_completions = generate
-    try:
-        yield
-    finally:
-        evaluation.generate_completions = original
-
-
-def evaluate_power_sampling(
-    model, tokenizer, dataset, *, alpha: float = 4.0, mcmc_steps: int = 10, block_size: int | None = None, **kwargs
-) -> dict:
-    """`evaluation.evaluate_model` with power sampling as the sampler; adds ``forward_passes_per_answer`` to the
-    metrics and the power-sampling settings to ``settings``. `kwargs` go to `evaluate_model` (temperature, top_p and
-    top_k are ignored: the proposal is fixed to temperature 1/alpha)."""
-    import inspect
-
-    from .evaluation import evaluate_model
-
-    power = dict(alpha=alpha, mcmc_steps=mcmc_steps, block_size=block_size)
-    if "method" in inspect.signature(evaluate_model).parameters:  # evaluation.py with the `method` argument
-        result = evaluate_model(
-            model, tokenizer, dataset, method="power_sampling", return_completions=True, **power, **kwargs
-        )
-    else:
-        with _patched_generator(**power):
-            result = evaluate_model(model, tokenizer, dataset, return_completions=True, **kwargs)
-    samples = [s for group in result["completions"] for s in group]
-    result["metrics"]["forward_passes_per_answer"] = sum(s["forward_passes"] for s in samples) / len(samples)
-    result["settings"].update(
-        {"method": "power_sampling", "alpha": alpha, "mcmc_steps": mcmc_steps, "block_size": block_size}
-    )
-    return result
-
-
-def evaluate_one_pass(model, tokenizer, dataset, **kwargs) -> dict:
-    """`evaluation.evaluate_model` (one-pass sampling), with ``forward_passes_per_answer`` = mean completion tokens."""
-    from .evaluation import evaluate_model
-
-    result = evaluate_model(model, tokenizer, dataset, **kwargs)
-    result["metrics"]["forward_passes_per_answer"] = result["metrics"]["mean_completion_tokens"]
-    result["settings"]["method"] = "sample"
-    return result
 
 
 # ------------------------------------------------------------------------------------------------------- toy study
@@ -392,15 +308,22 @@ def toy_comparison(
     and the LA-TB fixed point PowerFlow trains towards (exact; one pass per answer)."""
     from transformers import AutoModelForCausalLM
 
-    from .toy import TOY_TOKENS, completion_logprobs, enumerate_completions
+    from ..toys.enumerable import (
+        TOY_TOKENS,
+        completion_lengths,
+        completion_logprobs,
+        enumerate_completions,
+        la_tb_fixed_point,
+        power_target_logprobs,
+    )
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompt = [TOY_TOKENS.index("q")]
     completions = enumerate_completions(3)
     index = {tuple(c): i for i, c in enumerate(completions)}
-    lengths = torch.tensor([len(c) for c in completions], dtype=torch.float64)
+    lengths = completion_lengths(completions)
     log_p = completion_logprobs(model, prompt, completions)
-    target = torch.softmax(alpha * log_p, 0)
+    target = power_target_logprobs(log_p, alpha).exp()
     mode = int(target.argmax())
 
     def row(name, dist, cost, exact):
@@ -440,104 +363,6 @@ def toy_comparison(
             counts[index[tuple(c)]] += 1
         cost = sum(result.forward_passes) / chains
         rows.append(row(f"power sampling, M={steps}", counts / chains, cost, False))
-    lo, hi = -100.0, 100.0  # LA-TB fixed point: p^alpha exp(-lambda |y|), normalised by the choice of lambda
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if torch.logsumexp(alpha * log_p - mid * lengths, 0).item() > 0 else (lo, mid)
-    fixed = torch.exp(alpha * log_p - (lo + hi) / 2 * lengths)
+    fixed = la_tb_fixed_point(log_p, lengths, alpha).exp()  # p^alpha exp(-lambda |y|), normalised by lambda
     rows.append(row("PowerFlow LA-TB fixed point (one pass)", fixed, (fixed * lengths).sum().item(), True))
     return rows
-
-
-# ------------------------------------------------------------------------------------------------------------ CLI
-def _parse(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Power sampling vs one-pass sampling in the evaluation harness (tiny arithmetic task by default)."
-    )
-    parser.add_argument("--model", default=None, help="Base model directory (power sampling and one-pass).")
-    parser.add_argument("--toy", action="store_true", help="Exact study on the enumerable toy instead.")
-    parser.add_argument("--chains", type=int, default=3000, help="--toy: chains per setting.")
-    parser.add_argument("--powerflow_model", default=None, help="PowerFlow-trained model (one-pass sampling).")
-    parser.add_argument("--dataset", default=None, help="Evaluation prompts with answers (default: embedded tiny).")
-    parser.add_argument("--alpha", type=float, default=4.0)
-    parser.add_argument("--mcmc_steps", type=int, default=4)
-    parser.add_argument("--block_size", type=int, default=None)
-    parser.add_argument("--num_samples", type=int, default=4)
-    parser.add_argument("--max_prompts", type=int, default=8)
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_json", default=None)
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    import json
-    import os
-
-    from .evaluation import format_markdown_table, load_model_and_tokenizer
-    from .tiny_models import tiny_prompt_dataset
-
-    args = _parse(argv)
-    if args.toy:
-        from .toy import save_toy_model
-
-        model_dir = args.model or save_toy_model(os.path.join("outputs", "toy-model"))
-        rows = toy_comparison(model_dir, alpha=args.alpha, chains=args.chains, seed=args.seed)
-        print(f"Enumerable toy, alpha {args.alpha:g}: distance to the exact p^alpha and cost per answer")
-        print("| method | TV to p^alpha | P(mode of p^alpha) | forward passes / answer |")
-        print("|---|---|---|---|")
-        for r in rows:
-            tag = "" if r["exact"] else f" (empirical, {args.chains} chains)"
-            print(
-                f"| {r['method']}{tag} | {r['tv_to_p_alpha']:.3f} | {r['p_mode']:.3f} | "
-                f"{r['forward_passes_per_answer']:.2f} |"
-            )
-        if args.output_json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-            with open(args.output_json, "w") as f:
-                json.dump(rows, f, indent=2)
-        return rows
-    if args.model is None:
-        raise ValueError("--model is required (or use --toy).")
-    if args.dataset:
-        from .data import load_prompt_dataset
-
-        dataset = load_prompt_dataset(args.dataset, max_samples=args.max_prompts)
-    else:
-        dataset = tiny_prompt_dataset(n=args.max_prompts, seed=1)
-    common = dict(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, seed=args.seed, embedder=None)
-    model, tokenizer = load_model_and_tokenizer(args.model, device="cpu")
-    results = [
-        evaluate_one_pass(model, tokenizer, dataset, name="base, T=1", **common),
-        evaluate_one_pass(
-            model, tokenizer, dataset, name=f"base, T=1/{args.alpha:g}", temperature=1 / args.alpha, **common
-        ),
-        evaluate_power_sampling(
-            model,
-            tokenizer,
-            dataset,
-            alpha=args.alpha,
-            mcmc_steps=args.mcmc_steps,
-            block_size=args.block_size,
-            name=f"power sampling a={args.alpha:g} M={args.mcmc_steps}",
-            **common,
-        ),
-    ]
-    if args.powerflow_model:
-        trained, trained_tokenizer = load_model_and_tokenizer(args.powerflow_model, device="cpu")
-        results.append(evaluate_one_pass(trained, trained_tokenizer, dataset, name="PowerFlow, T=1", **common))
-    print(format_markdown_table(results))
-    print()
-    print("| method | forward passes / answer |")
-    print("|---|---|")
-    for r in results:
-        print(f"| {r['name']} | {r['metrics']['forward_passes_per_answer']:.1f} |")
-    if args.output_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-        with open(args.output_json, "w") as f:
-            json.dump(results, f, indent=2, default=str)
-    return results
-
-
-if __name__ == "__main__":
-    main()
