@@ -31,7 +31,9 @@ def log_tb_metrics(trainer, mode, mask, log_z, stats, entropies, kl_sum, inputs,
         ratio = torch.exp(log_ratio - log_ratio[valid].max()) if valid.any() else log_ratio  # scale-free for ESS
         step = trainer.state.global_step + (mode == "train")
         check_training_health(trainer.args, step, mode, losses, res[valid], log_z[valid], ratio, valid)
-        row, rows = row.long(), trainer._batch_rows  # (w, log Z', r, S_sampler, S_base, |y|, psi) per generated row
+        row, rows = row.long(), getattr(trainer, "_batch_rows", None)  # per generated row, as first trained:
+        if rows is None or rows.size(0) <= row.max():  # (w, log Z', r, S_sampler, S_base, |y|, psi); set at generation
+            rows = trainer._batch_rows = torch.full((int(row.max()) + 1, 7), float("nan"))
         first = torch.isnan(rows[row, 4])
         rows[row[first]] = torch.stack([weight, log_z, res, s_old, s_base, length, psi], dim=1)[first].float()
         rows[row[first & ~valid], :3] = float("nan")  # no TB values for rows without tokens
