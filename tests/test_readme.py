@@ -20,3 +20,22 @@ def test_every_powerflow_option_is_in_the_readme_table():
     readme = (REPO / "README.md").read_text()
     new = {f.name for f in dataclasses.fields(PowerFlowConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
     assert new and all(f"`{name}`" in readme for name in new)
+
+
+def test_layout_section_names_every_module():
+    """The README's `## Layout` names every subpackage (`name/`) and every module file of `trl_powerflow/` (so a new
+    module fails here until the README says what it is for)."""
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    package = REPO / "trl_powerflow"
+    missing = [
+        f"{path.parent.relative_to(package)}/{path.name}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "__init__.py" and f"`{path.name}`" not in layout
+    ]
+    missing += [
+        f"{path.name}/"
+        for path in sorted(package.iterdir())
+        if path.is_dir() and (path / "__init__.py").exists() and f"`{path.name}/`" not in layout
+    ]
+    assert not missing, f"README ## Layout does not mention: {missing}"
