@@ -28,7 +28,7 @@ def _import_early():
     tests/ named like an optional dependency (e.g. tests/vllm/) would otherwise be taken for that package by the
     availability checks of transformers/trl. An import error is left for the tests to report."""
     try:
-        import trl_powerflow  # noqa: F401
+        import trl_powerflow.trainer  # noqa: F401  (the package itself imports its trainer lazily)
     except Exception:  # noqa: BLE001
         pass
 

@@ -158,7 +158,7 @@ def main(argv=None):
 if __name__ == "__main__":
     main()
     # Everything is written and the process group is gone; skip the interpreter teardown, where a still-joinable
-    # communication thread can abort a finished multi-process run (as scripts/train.py does).
+    # communication thread can abort a finished multi-process run (as `trl-powerflow train` does).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -1,7 +1,7 @@
-"""Every bad input of scripts/train.py (data, recipe, command line, model, checkpoint) fails with one message that
-says what to change, before any model is loaded; and `check_prompt_dataset`, the prompt-dataset check."""
+"""Every bad input of `trl-powerflow train` (= scripts/train.py; data, recipe, command line, model, checkpoint) fails
+with one message that says what to change, before any model is loaded; and `check_prompt_dataset`, the prompt-dataset
+check."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,10 +19,9 @@ GRPO_WITHOUT_REWARD = "".join(f"{line}\n" for line in GRPO_RECIPE.read_text().sp
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from trl_powerflow.cli import train
+
+    return train
 
 
 def jsonl(*rows):

@@ -1,10 +1,11 @@
-"""compare.py end to end on the embedded tiny model with a tiny budget (CI smoke run), and its pieces."""
+"""`trl-powerflow compare` (= scripts/compare.py) end to end on the embedded tiny model with a tiny budget (CI smoke
+run), and its pieces."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -13,13 +14,12 @@ SCRIPT = os.path.join(ROOT, "scripts", "compare.py")
 
 
 def load_compare():
-    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
-    module = sys.modules.get(spec.name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return module
+    """The harness's functions (`trl_powerflow.experiments.compare`) and the command's `parse_args`
+    (`trl_powerflow.cli.compare`), as one namespace."""
+    from trl_powerflow.cli.compare import parse_args
+    from trl_powerflow.experiments import compare
+
+    return types.SimpleNamespace(**vars(compare), parse_args=parse_args)
 
 
 def test_quick_run_end_to_end(tiny_model_dir, tmp_path):

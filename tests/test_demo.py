@@ -1,7 +1,6 @@
-"""The README's main job, `scripts/train.py --config scripts/recipes/demo_digit_chains.yaml`: the shipped digit-chain
+"""The README's main job, `train --config scripts/recipes/demo_digit_chains.yaml`: the shipped digit-chain
 base, the held-out prompt sets, the before/after table and plot, and that label-free PowerFlow raises accuracy."""
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -18,10 +17,9 @@ COLUMNS = ("avg@{k} (accuracy)", "pass@{k}", "maj@{k}", "mean length (tokens)", 
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from trl_powerflow.cli import train
+
+    return train
 
 
 def run_demo(train, capsys, tmp_path, *extra):

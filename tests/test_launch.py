@@ -1,7 +1,6 @@
 """`accelerate launch` of scripts/train.py with 2 real CPU processes: DDP, DeepSpeed ZeRO-2/3 (also with LoRA), GRPO
 through the same script, 1- vs 2-process equivalence, kill-and-resume, and errors raised before training."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -243,10 +242,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
 
 
 def load_train_module():
-    spec = importlib.util.spec_from_file_location("train_script", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from trl_powerflow.cli import train
+
+    return train
 
 
 @pytest.mark.parametrize(

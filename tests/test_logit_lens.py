@@ -4,7 +4,6 @@ inside GRPOTrainer / PowerFlowTrainer, and the plotting script."""
 
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -15,8 +14,6 @@ from trl import GRPOConfig, GRPOTrainer
 from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
 from trl_powerflow.bupo.logit_lens import LayerEntropyCallback, entropy_history, layer_entropies, lens_parts
 from trl_powerflow.toys.tiny_models import save_tiny_model, tiny_prompt_dataset
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +167,8 @@ def test_callback_every_steps_and_plot_script(lens_model_dirs, tmp_path):
     assert [e["step"] for e in entries] == [0, 2]
     history_file = tmp_path / "history.json"
     history_file.write_text(json.dumps({"log_history": trainer.state.log_history}))
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import plot_layer_entropy
-    finally:
-        sys.path.pop(0)
+    from trl_powerflow.cli import plot_layer_entropy
+
     output = plot_layer_entropy.main(
         ["--run", f"grpo={history_file}", "--mark", "2", "--output", str(tmp_path / "e.png")]
     )

@@ -3,7 +3,6 @@ scoring (math-verify / option letter, avg@k and pass@k per benchmark and on aver
 end to end with the tiny model, and the vLLM import guard."""
 
 import builtins
-import importlib.util
 import json
 import os
 
@@ -35,10 +34,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", os.path.join(ROOT, "scripts", "evaluate.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from trl_powerflow.cli import evaluate
+
+    return evaluate
 
 
 # ----------------------------------------------------------------------------------------------------------------

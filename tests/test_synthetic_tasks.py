@@ -152,17 +152,9 @@ def test_poem_metrics():
 
 
 def _load_pretrain_script():
-    import importlib.util
-    import os
-    import sys
+    from trl_powerflow.cli import pretrain_base
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(root, "scripts", "pretrain_tiny_base.py")
-    spec = importlib.util.spec_from_file_location("pretrain_tiny_base_script", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return pretrain_base
 
 
 @pytest.mark.parametrize("task", ["reasoning", "creative"])

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 from pathlib import Path
 
@@ -151,10 +150,8 @@ def test_unknown_arch(tokenizer):
 
 
 def test_cli(tmp_path, capsys):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_tiny_model.py"
-    spec = importlib.util.spec_from_file_location("make_tiny_model", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from trl_powerflow.cli import make_tiny_model as module
+
     out_dir = tmp_path / "cli"
     module.main(["--output_dir", str(out_dir), "--arch", "llama", "--hidden_size", "16", "--num_hidden_layers", "1"])
     assert capsys.readouterr().out.strip() == str(out_dir)

