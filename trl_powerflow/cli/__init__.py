@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "Evaluate checkpoints by sampling (avg@k, pass@k, length, diversity; paper benchmarks)."),
     "compare": ("compare", "Same-harness comparison: base, GRPO baselines and PowerFlow trained and evaluated alike."),
     "bupo-compare": ("bupo_compare", "With and without BuPO in the same harness (or exactly on the enumerable toy)."),
-    "experiment": ("experiment", "The small-scale experiment of docs/experiment: pretrain, compare, write results."),
+    "experiment": ("experiment", "The small-scale experiment of docs/experiment: multi-seed runs, sweeps, report."),
     "pretrain-base": ("pretrain_base", "Pretrain the tiny digit-chain (or rhyming-couplet) base models offline."),
     "make-tiny-model": ("make_tiny_model", "Build a tiny random causal LM and its tokenizer offline."),
     "plot-layer-entropy": ("plot_layer_entropy", "Plot the per-layer policy entropy logged by LayerEntropyCallback."),

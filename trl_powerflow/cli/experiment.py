@@ -1,20 +1,24 @@
-r"""`trl-powerflow experiment`: the small-scale experiment of docs/experiment: pretrain the tiny bases, compare every
-method, write the results (`trl_powerflow.experiments.small_scale`; `python scripts/run_experiment.py` is the same).
+r"""`trl-powerflow experiment`: the small-scale experiment of docs/experiment, one command that regenerates it
+(`trl_powerflow.experiments.small_scale`; `python scripts/run_experiment.py` is the same).
 
     OMP_NUM_THREADS=1 trl-powerflow experiment --output_dir outputs/experiment --docs_dir docs/experiment
 
-1. Reasoning: `trl-powerflow pretrain-base --task reasoning` pretrains a tiny Qwen2 on noisy worked solutions of the
-   digit-chain task (`trl_powerflow.experiments.synthetic_tasks`); `trl-powerflow compare` then trains base /
-   supervised GRPO / Intuitor / entropy minimisation / TTRL / EMPO / PowerFlow (alpha 4 and 0.5, -traj and -token
-   ablations) from it with one shared recipe and budget, and evaluates every checkpoint on held-out problems.
-2. Creative: `--task creative` pretrains a diverse base on rhyming couplets and an over-sharpened "aligned" model
-   from it; `compare` starts every method from the aligned model (PowerFlow alpha 0.5 and 2, GRPO with the
-   poem-quality reward, Intuitor, entropy minimisation) and also evaluates the pre-alignment base as a reference.
-3. Copies each comparison's results.md / results.json / plots to `--docs_dir`/{reasoning,creative}/ and writes
-   `--docs_dir`/results.md with both tables, the base models' statistics, the command and the wall times.
+Stages (`--stages`, default all):
 
-Every stage is seeded; finished stages are reused on a re-run (pass --force to redo them). `--quick` shrinks every
-stage to a smoke run (minutes) and writes nothing to the docs unless --docs_dir is given.
+1. seeds: digit-chain reasoning from the shipped pretrained base (trl_powerflow/assets/digit_chain_base): supervised
+   GRPO, TTRL and PowerFlow alpha 4 for 2N steps (constant learning rate; evaluated at N and 2N) for every seed.
+2. sweep: PowerFlow alpha 1, 2, 8 on reasoning for N steps (alpha 4 and TTRL come from stage 1).
+3. ablations: Intuitor, entropy minimisation, EMPO, PowerFlow alpha 0.5, -traj and -token at N steps.
+4. creative: pretrain the rhyming-couplet base and its over-sharpened "aligned" model, then PowerFlow alpha 0.25, 0.5,
+   0.75, 1 and the baselines (GRPO + quality checker, Intuitor, entropy minimisation) from the aligned model.
+5. diagnosis: where the trained models put their probability mass (answers the base prefers, lengths, guesses).
+6. power_sampling: MCMC power sampling of the base (alpha 4) against PowerFlow's one-pass sampler, by forward passes.
+7. toy: the live target-distance estimate (powerflow/target_kl) against the exact KL on the enumerable toy.
+
+Then the report: results.md, results.json and the plots in --output_dir/report and, with --docs_dir, there; it
+states the machine and the wall time per stage. Finished stages are reused on a re-run (pass --force to redo them).
+`--quick` shrinks every stage to a smoke run (about two minutes on one thread) that still writes every table and
+plot.
 """
 
 from __future__ import annotations
@@ -23,31 +27,45 @@ import argparse
 import shlex
 import sys
 
+STAGES = ("seeds", "sweep", "ablations", "creative", "diagnosis", "power_sampling", "toy")
+
 
 def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output_dir", default="outputs/experiment")
-    parser.add_argument("--docs_dir", default=None, help="Where to copy tables and plots (e.g. docs/experiment).")
-    parser.add_argument("--tasks", nargs="+", default=["reasoning", "creative"], choices=["reasoning", "creative"])
-    parser.add_argument("--reasoning_steps", type=int, default=100, help="RL steps per method (reasoning).")
+    parser.add_argument("--docs_dir", default=None, help="Where to write the report (e.g. docs/experiment).")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="Stages to run.")
+    parser.add_argument(
+        "--reasoning_steps", type=int, default=100, help="N: the reasoning budget (the seed runs train for 2N)."
+    )
     parser.add_argument("--creative_steps", type=int, default=60, help="RL steps per method (creative).")
-    parser.add_argument("--eval_every", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval_every", type=int, default=20, help="Evaluation interval (ablations, creative).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the single-seed stages.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds of the reasoning comparison.")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 8.0], help="Reasoning alpha sweep.")
+    parser.add_argument(
+        "--creative_alphas", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="Creative alpha sweep."
+    )
     parser.add_argument("--force", action="store_true", help="Redo finished stages.")
-    parser.add_argument("--quick", action="store_true", help="Smoke run: tiny pretraining, 2 RL steps, 2 methods.")
+    parser.add_argument("--quick", action="store_true", help="Smoke run: every stage tiny, every table and plot.")
     return parser
 
 
 def parse_args(argv=None, prog: str | None = None):
-    return make_parser(prog).parse_args(argv)
+    args = make_parser(prog).parse_args(argv)
+    given = set(argv or sys.argv[1:])
+    if args.quick:  # two seeds (an interval needs two), one alpha of the sweep, unless asked otherwise
+        args.seeds = args.seeds if "--seeds" in given else [0, 1]
+        args.alphas = args.alphas if "--alphas" in given else [2.0]
+    return args
 
 
 def main(argv=None, prog: str | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv, prog)
-    from trl_powerflow.experiments.small_scale import run_experiment
+    from trl_powerflow.experiments.evidence import run_experiment
 
     command = f"OMP_NUM_THREADS=1 {prog or 'python scripts/run_experiment.py'} {shlex.join(argv)}"
     return run_experiment(args, command)

@@ -1,18 +1,32 @@
-r"""The small-scale experiment of docs/experiment: pretrain the tiny bases, compare every method, write the results
-(`trl-powerflow experiment`, `run_experiment(args, command)`).
+r"""The small-scale experiment of docs/experiment: its runs (`trl-powerflow experiment`; the stages and the report
+are run by `evidence.run_experiment(args, command)`).
 
-1. Reasoning: `trl-powerflow pretrain-base --task reasoning` pretrains a tiny Qwen2 on noisy worked solutions of the
-   digit-chain task (`trl_powerflow.experiments.synthetic_tasks`); `trl-powerflow compare` then trains base /
-   supervised GRPO / Intuitor / entropy minimisation / TTRL / EMPO / PowerFlow (alpha 4 and 0.5, -traj and -token
-   ablations) from it with one shared recipe and budget, and evaluates every checkpoint on held-out problems.
-2. Creative: `--task creative` pretrains a diverse base on rhyming couplets and an over-sharpened "aligned" model
-   from it; `compare` starts every method from the aligned model (PowerFlow alpha 0.5 and 2, GRPO with the
-   poem-quality reward, Intuitor, entropy minimisation) and also evaluates the pre-alignment base as a reference.
-3. Copies each comparison's results.md / results.json / plots to `docs_dir`/{reasoning,creative}/ and writes
-   `docs_dir`/results.md with both tables, the base models' statistics, the command and the wall times.
+Stages (`--stages`, default all; each reuses what a previous invocation finished, `force` redoes it):
 
-Each stage runs as a subprocess (`python -m trl_powerflow <command>`). Every stage is seeded; finished stages are
-reused on a re-run (`force` redoes them). `quick` shrinks every stage to a smoke run (minutes).
+- ``seeds``: reasoning (digit chains, `trl_powerflow.experiments.synthetic_tasks`), starting from the shipped
+  pretrained base `trl_powerflow/assets/digit_chain_base` (the same for every seed). For every seed in `seeds`
+  one `trl-powerflow compare` trains supervised GRPO (accuracy reward), TTRL (majority vote) and PowerFlow alpha 4
+  (the trainer's defaults: learned log-partition head, log_z_recentre on, log_z_learning_rate unset) for
+  2N steps at a constant learning rate and evaluates every N/2 steps: the checkpoints at N and 2N give both
+  budgets. The seed changes the RL run and the evaluation sampling (the base is evaluated with each seed too).
+- ``sweep``: PowerFlow alpha 1, 2, 8 on reasoning for N steps at `seed` (alpha 4 and TTRL, its alpha -> infinity
+  limit, are read from the seed-`seed` run of ``seeds`` at step N).
+- ``ablations``: the remaining reasoning methods at N steps and `seed`: Intuitor, entropy minimisation, EMPO,
+  PowerFlow alpha 0.5 and the -traj / -token ablations.
+- ``creative``: `trl-powerflow pretrain-base --task creative` (diverse base, then an over-sharpened "aligned" model)
+  and a comparison from the aligned model: PowerFlow alpha 0.25, 0.5, 0.75 and 1, GRPO with the poem-quality
+  reward, Intuitor, entropy minimisation (alpha 2 too when it is in `creative_alphas`); the pre-alignment base is
+  evaluated as a reference.
+- ``diagnosis``, ``power_sampling``, ``toy``: `trl_powerflow.experiments.evidence` (where PowerFlow's probability
+  mass goes against GRPO's; power sampling of the base at matched forward passes; the live target-distance
+  estimate against the exact KL on the enumerable toy).
+
+The report (`evidence.write_report`): tables with 95% t-intervals over seeds, the share of GRPO's gain recovered by
+PowerFlow with its delta-method interval, the plots, the machine and the wall time per stage; with `args.docs_dir`
+it is written there (results.md, results.json, *.png and each comparison's own results under comparisons/).
+
+Each training stage runs as a subprocess (`python -m trl_powerflow <command>`). `quick` shrinks every stage to a
+smoke run that produces every table and plot (CI, about two minutes on one thread).
 """
 
 from __future__ import annotations
@@ -20,21 +34,33 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 
 from .compare import default_recipe
 
-# Shared by every method of a task (on top of scripts/recipes/tiny_cpu.yaml): 8 prompts x 8 completions per step,
-# sampling at temperature 1, one learning rate for all (no per-method tuning), constant schedule.
+# Shared by every method of a task: 8 prompts x 8 completions per step, sampling at temperature 1, one learning rate
+# for all (no per-method tuning), constant schedule (the recipe's).
 REASONING_TRAIN_ARGS = (
     "--per_device_train_batch_size 64 --num_generations 8 --max_completion_length 48 --learning_rate 1e-4"
 )
 CREATIVE_TRAIN_ARGS = (
     "--per_device_train_batch_size 64 --num_generations 8 --max_completion_length 32 --learning_rate 1e-4"
 )
+QUICK_REASONING_TRAIN_ARGS = (
+    "--per_device_train_batch_size 8 --num_generations 4 --max_completion_length 24 --learning_rate 1e-4"
+)
+QUICK_CREATIVE_TRAIN_ARGS = (
+    "--per_device_train_batch_size 8 --num_generations 4 --max_completion_length 24 --learning_rate 1e-4"
+)
+# Run order: the multi-seed comparison, then the cheap stages that read it, then the single-seed ones.
+STAGES = ("seeds", "diagnosis", "power_sampling", "toy", "sweep", "creative", "ablations")
+SEED_METHODS = ("base", "grpo_accuracy", "ttrl", "powerflow")
+ABLATION_METHODS = (
+    "base", "intuitor", "entropy_min", "empo", "powerflow_low_alpha", "powerflow_tb_traj", "powerflow_tb_token",
+)  # fmt: skip
+REASONING_TITLE = "Digit-chain reasoning (shipped tiny Qwen2 base)"
 
 
 def run(argv: list[str], log_path: str) -> float:
@@ -60,154 +86,173 @@ def run(argv: list[str], log_path: str) -> float:
     return time.time() - start
 
 
-def pretrain_argv(args, task: str, out: str) -> list[str]:
+def half_budget(args) -> int:
+    return 2 if args.quick else args.reasoning_steps
+
+
+def write_recipe(output_dir: str) -> str:
+    """The shared recipe: scripts/recipes/tiny_cpu.yaml without its `log_z_learning_rate` (so PowerFlow runs with
+    the trainer's defaults: learned head, log_z_recentre on, head learning rate = learning_rate)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "recipe.yaml")
+    with open(default_recipe()) as f:
+        lines = [line for line in f if not line.startswith("log_z_learning_rate:")]
+    text = "# scripts/recipes/tiny_cpu.yaml without log_z_learning_rate (trainer defaults for the head)\n"
+    text += "".join(line for line in lines if not line.startswith("#"))
+    if not os.path.isfile(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+    return os.path.relpath(path)
+
+
+def reasoning_data(args) -> str:
+    """Training / held-out prompt files of the shipped digit-chain base (kept out of its pretraining corpus) and its
+    pretrain.json; returns the data directory."""
+    from .demo import DIGIT_CHAIN_BASE, digit_chain_base_path, digit_chain_splits
+
+    data = os.path.join(args.output_dir, "reasoning")
+    os.makedirs(data, exist_ok=True)
+    digit_chain_base_path()
+    train_rows, eval_rows = digit_chain_splits(*((32, 4) if args.quick else (256, 64)))
+    for name, rows in (("train.jsonl", train_rows), ("eval.jsonl", eval_rows)):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        path = os.path.join(data, name)
+        if not os.path.isfile(path) or open(path).read() != text:
+            with open(path, "w") as f:
+                f.write(text)
+    with open(os.path.join(DIGIT_CHAIN_BASE, "pretrain.json")) as f:
+        record = json.load(f)
+    with open(os.path.join(data, "pretrain.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    return data
+
+
+def base_model_path() -> str:
+    from .demo import DIGIT_CHAIN_BASE
+
+    return os.path.relpath(DIGIT_CHAIN_BASE)
+
+
+def reasoning_argv(args, out: str, seed: int, steps: int, eval_every: int, methods, extra=()) -> list[str]:
+    data = os.path.join(args.output_dir, "reasoning")
     argv = [
-        "pretrain-base",
-        "--task",
-        task,
-        "--output_dir",
-        out,
-        "--seed",
-        str(args.seed),
+        "compare",
+        "--output_dir", out,
+        "--config", write_recipe(args.output_dir),
+        "--dataset_name", os.path.join(data, "train.jsonl"),
+        "--eval_dataset", os.path.join(data, "eval.jsonl"),
+        "--seed", str(seed),
+        "--title", REASONING_TITLE,
+        "--model_name_or_path", base_model_path(),
+        "--max_steps", str(steps),
+        "--num_samples", "8",
+        "--max_new_tokens", "48",
+        "--embedder", "none",
+        "--task_metrics", "trl_powerflow.experiments.synthetic_tasks:chain_metrics",
+        "--diversity_metric", "distinct_answer_fraction",
+        "--alpha_high", "4", "--alpha_low", "0.5",
+        "--train_args", QUICK_REASONING_TRAIN_ARGS if args.quick else REASONING_TRAIN_ARGS,
+        *extra,
+        "--methods", *methods,
+        "--eval_every", str(eval_every),
+    ]  # fmt: skip
+    if args.quick:
+        argv += ["--in_process", "--eval_batch_size", "4"]
+    return argv + (["--force"] if args.force else [])
+
+
+def eval_interval(args) -> int:
+    """Evaluate every N/2 steps (quick: every N), so that both budgets, N and 2N, are evaluated."""
+    n = half_budget(args)
+    return n if args.quick else max(1, n // 2)
+
+
+def seed_dir(args, seed: int) -> str:
+    return os.path.join(args.output_dir, "reasoning", "seeds", f"seed{seed}")
+
+
+def seeds_argvs(args) -> list[tuple[str, list[str]]]:
+    n = half_budget(args)
+    return [
+        (seed_dir(args, s), reasoning_argv(args, seed_dir(args, s), s, 2 * n, eval_interval(args), SEED_METHODS))
+        for s in args.seeds
     ]
-    if args.quick:  # defaults otherwise: see trl-powerflow pretrain-base (128 hidden, 2 layers; 1000 / 500+100 steps)
+
+
+def alpha_name(alpha: float) -> str:
+    return f"powerflow_alpha{alpha:g}"
+
+
+def sweep_argv(args) -> tuple[str, list[str]]:
+    out = os.path.join(args.output_dir, "reasoning", "alpha_sweep")
+    extra = []
+    for alpha in args.alphas:
+        extra += ["--method", f"{alpha_name(alpha)}=powerflow --alpha {alpha:g} --objective la_tb"]
+    n = half_budget(args)
+    methods = ["base", *(alpha_name(a) for a in args.alphas)]
+    return out, reasoning_argv(args, out, args.seed, n, eval_interval(args), methods, extra)
+
+
+def ablations_argv(args) -> tuple[str, list[str]]:
+    out = os.path.join(args.output_dir, "reasoning", "compare")
+    methods = ABLATION_METHODS[:2] if args.quick else ABLATION_METHODS
+    n = half_budget(args)
+    return out, reasoning_argv(args, out, args.seed, n, 1 if args.quick else args.eval_every, methods)
+
+
+def pretrain_argv(args, task: str, out: str) -> list[str]:
+    argv = ["pretrain-base", "--task", task, "--output_dir", out, "--seed", str(args.seed)]
+    if args.quick:  # defaults otherwise: see trl-powerflow pretrain-base (128 hidden, 2 layers; 500+100 steps)
         argv += ["--steps", "20", "--aligned_steps", "5", "--eval_samples", "2"]
-        argv += ["--num_train_prompts", "16", "--num_eval_prompts", "4"] if task == "reasoning" else []
     elif task == "creative":
         argv += ["--eval_samples", "16"]
     return argv + (["--force"] if args.force else [])
 
 
-def compare_argv(args, task: str, data: str, out: str) -> list[str]:
-    common = [
+def creative_argv(args) -> tuple[str, list[str]]:
+    data = os.path.join(args.output_dir, "creative")
+    out = os.path.join(data, "compare")
+    steps = 2 if args.quick else args.creative_steps
+    quality_reward = "trl_powerflow.experiments.synthetic_tasks:poem_quality_reward"
+    argv = [
         "compare",
         "--output_dir", out,
-        "--config", os.path.relpath(default_recipe()),
+        "--config", write_recipe(args.output_dir),
         "--dataset_name", os.path.join(data, "train.jsonl"),
         "--eval_dataset", os.path.join(data, "eval.jsonl"),
         "--seed", str(args.seed),
+        "--title", "Rhyming couplets (tiny over-sharpened 'aligned' model)",
+        "--model_name_or_path", os.path.join(data, "aligned"),
+        "--max_steps", str(steps),
+        "--num_samples", "16",
+        "--max_new_tokens", "32",
+        "--task_metrics", "trl_powerflow.experiments.synthetic_tasks:poem_metrics",
+        "--quality_metric", "quality",
+        "--diversity_metric", "distinct_poems",
+        "--alpha_high", "2", "--alpha_low", "0.5",
+        "--method", f"pre_alignment_base=none --model_name_or_path {os.path.join(data, 'base')}",
+        "--method", f"grpo_quality=grpo --reward_funcs {quality_reward}",
+        "--train_args", QUICK_CREATIVE_TRAIN_ARGS if args.quick else CREATIVE_TRAIN_ARGS,
     ]  # fmt: skip
-    if task == "reasoning":
-        steps = 2 if args.quick else args.reasoning_steps
-        argv = common + [
-            "--title", "Digit-chain reasoning (tiny Qwen2 base)",
-            "--model_name_or_path", os.path.join(data, "base"),
-            "--max_steps", str(steps),
-            "--num_samples", "8",
-            "--max_new_tokens", "48",
-            "--embedder", "none",
-            "--task_metrics", "trl_powerflow.experiments.synthetic_tasks:chain_metrics",
-            "--diversity_metric", "distinct_answer_fraction",
-            "--alpha_high", "4", "--alpha_low", "0.5",
-            "--train_args", REASONING_TRAIN_ARGS,
-        ]  # fmt: skip
-        if args.quick:
-            argv += ["--methods", "base", "grpo_accuracy", "powerflow", "--eval_max_prompts", "4"]
+    flows = []
+    for alpha in args.creative_alphas:
+        if alpha == 0.5:
+            flows.append("powerflow_low_alpha")
+        elif alpha == 2:
+            flows.append("powerflow")
+        else:
+            argv += ["--method", f"{alpha_name(alpha)}=powerflow --alpha {alpha:g} --objective la_tb"]
+            flows.append(alpha_name(alpha))
+    methods = ["base", "pre_alignment_base", "grpo_quality", "intuitor", "entropy_min", *flows]
+    if args.quick:
+        methods = ["base", "pre_alignment_base", "grpo_quality", *flows[:2]]
+        argv += ["--embedder", "none", "--num_samples", "4", "--in_process", "--eval_every", "1"]
     else:
-        steps = 2 if args.quick else args.creative_steps
-        quality_reward = "trl_powerflow.experiments.synthetic_tasks:poem_quality_reward"
-        argv = common + [
-            "--title", "Rhyming couplets (tiny over-sharpened 'aligned' model)",
-            "--model_name_or_path", os.path.join(data, "aligned"),
-            "--max_steps", str(steps),
-            "--num_samples", "16",
-            "--max_new_tokens", "32",
-            "--task_metrics", "trl_powerflow.experiments.synthetic_tasks:poem_metrics",
-            "--quality_metric", "quality",
-            "--diversity_metric", "distinct_poems",
-            "--alpha_high", "2", "--alpha_low", "0.5",
-            "--method", f"pre_alignment_base=none --model_name_or_path {os.path.join(data, 'base')}",
-            "--method", f"grpo_quality=grpo --reward_funcs {quality_reward}",
-            "--train_args", CREATIVE_TRAIN_ARGS,
-        ]  # fmt: skip
-        methods = ["base", "pre_alignment_base", "grpo_quality", "intuitor", "entropy_min", "powerflow_low_alpha"]
-        methods += [] if args.quick else ["powerflow"]
-        argv += ["--methods", *(methods[:3] + methods[-1:] if args.quick else methods)]
-        if args.quick:
-            argv += ["--embedder", "none", "--num_samples", "2"]
-    argv += ["--eval_every", str(1 if args.quick else args.eval_every)]
-    return argv + (["--force"] if args.force else [])
+        argv += ["--eval_every", str(args.eval_every)]
+    argv += ["--methods", *dict.fromkeys(methods)]
+    return out, argv + (["--force"] if args.force else [])
 
 
-CHECK_KEYS = {
-    "reasoning": ("avg@k", "pass@k", "maj@k", "mean_completion_tokens", "guess_fraction", "guess_accuracy",
-                  "worked_accuracy", "step_error_rate"),
-    "creative": ("quality", "rhyme_fraction", "topic_fraction", "distinct_poems", "distinct_valid_poems",
-                 "mean_completion_tokens"),
-}  # fmt: skip
-
-
-def recorded_seconds(args) -> dict[str, float]:
-    """Time each stage took when it actually ran (a re-run that reuses finished stages keeps their times)."""
-    seconds = {}
-    for task in args.tasks:
-        data = os.path.join(args.output_dir, task)
-        with open(os.path.join(data, "pretrain.json")) as f:
-            seconds[f"{task} pretraining"] = json.load(f)["total_seconds"]
-        with open(os.path.join(data, "compare", "results.json")) as f:
-            seconds[f"{task} comparison"] = json.load(f)["info"]["compute_seconds"]
-    return seconds
-
-
-def summary(args, command: str) -> str:
-    lines = ["# Small-scale experiment: results", ""]
-    lines += ["Regenerate everything (pretraining, all runs, tables, plots) with:", "", "```bash", command, "```", ""]
-    seconds = recorded_seconds(args)
-    lines.append(
-        "Time per stage: "
-        + ", ".join(f"{name} {value / 60:.1f} min" for name, value in seconds.items())
-        + f"; total {sum(seconds.values()) / 60:.1f} min (2-core CPU, OMP_NUM_THREADS=1, shared with other jobs; "
-        "process start-up and plotting not included)."
-    )
-    for task in args.tasks:
-        data = os.path.join(args.output_dir, task)
-        with open(os.path.join(data, "pretrain.json")) as f:
-            pretrain = json.load(f)
-        lines += ["", f"## {task}: starting models", ""]
-        steps = pretrain["losses"][-1]["step"]
-        aligned = f", then {pretrain['aligned_losses'][-1]['step']} steps for `aligned`" if task == "creative" else ""
-        lines.append(
-            f"Tiny Qwen2, {pretrain['parameters']:,} parameters, pretrained for {steps} steps of "
-            f"{pretrain['settings']['batch_size']} sequences{aligned} ({pretrain['total_seconds'] / 60:.1f} min)."
-        )
-        for name, check in pretrain.get("check", {}).items():
-            metrics = check["metrics"]
-            keys = [key.replace("@k", f"@{metrics['num_samples']}") for key in CHECK_KEYS[task]]
-            shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None)
-            lines.append(f"- `{name}` ({metrics['num_prompts']} prompts x {metrics['num_samples']} samples): {shown}")
-        with open(os.path.join(data, "compare", "results.md")) as f:
-            body = f.read().split("\n", 1)[1]  # drop the title line
-        lines += ["", f"### {task}: comparison", body.replace("\n## ", "\n#### ")]
-        lines += ["", f"Plots: `{task}/accuracy_vs_step.png`, `{task}/length_vs_step.png`, "
-                  f"`{task}/quality_vs_diversity.png`."]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def run_experiment(args, command: str) -> dict[str, float]:
-    """Every stage of `args` (the options of `trl-powerflow experiment`, see `trl_powerflow.cli.experiment`); with
-    `args.docs_dir` the tables and plots are copied there and `results.md` is written with `command` as the way to
-    regenerate them. Returns the wall time of each stage of this invocation."""
-    os.makedirs(args.output_dir, exist_ok=True)
-    timings = {}
-    for task in args.tasks:
-        data = os.path.join(args.output_dir, task)
-        os.makedirs(data, exist_ok=True)
-        timings[f"{task} pretraining"] = run(pretrain_argv(args, task, data), os.path.join(data, "pretrain.log"))
-        out = os.path.join(data, "compare")
-        timings[f"{task} comparison"] = run(compare_argv(args, task, data, out), os.path.join(data, "compare.log"))
-    if args.docs_dir:
-        for task in args.tasks:
-            source = os.path.join(args.output_dir, task, "compare")
-            target = os.path.join(args.docs_dir, task)
-            os.makedirs(target, exist_ok=True)
-            for name in ("results.md", "results.json", "accuracy_vs_step.png", "length_vs_step.png",
-                         "quality_vs_diversity.png"):  # fmt: skip
-                shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
-            shutil.copyfile(
-                os.path.join(args.output_dir, task, "pretrain.json"), os.path.join(target, "pretrain.json")
-            )
-        with open(os.path.join(args.docs_dir, "results.md"), "w") as f:
-            f.write(summary(args, command))
-        print(f"[experiment] wrote {args.docs_dir}/results.md")
-    print(f"[experiment] done in {sum(timings.values()) / 60:.1f} min (this invocation): " + json.dumps(timings))
-    return timings
+def compare_seconds(out: str) -> float:
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)["info"]["compute_seconds"]

@@ -1,0 +1,85 @@
+"""`trl-powerflow experiment --quick`: the whole small-scale pipeline of docs/experiment as a smoke run (every stage
+tiny, one thread) must write every table and plot the full run writes. Only the structure is checked, not the
+numbers (a 4-step run says nothing about the methods)."""
+
+import json
+import math
+import os
+
+import pytest
+
+from trl_powerflow.cli.experiment import main
+from trl_powerflow.experiments.evidence import REPORT_FILES, mean_interval, recovery_share
+
+# Header of every table results.md must hold (column names, in order).
+EXPECTED_TABLES = {
+    "seeds": ["method", "steps", "avg@8", "pass@8", "maj@8", "tokens", "distinct answers", "guesses", "step errors",
+              "avg@8 per seed"],
+    "share": ["steps", "share R [95% CI]", "per seed", "PF gain per seed", "GRPO gain per seed"],
+    "diagnosis": ["method", "steps", "avg@8", "acc. where base mode right", "acc. where base mode wrong",
+                  "wrong answers = base mode", "maj answer = base mode", "tokens", "guesses", "distinct answers"],
+    "sweep": ["method", "alpha", "avg@8", "pass@8", "maj@8", "tokens", "distinct answers", "guesses", "step errors"],
+    "creative": ["method", "quality", "distinct poems", "distinct valid poems", "semantic div.", "tokens"],
+    "power sampling": ["sampler", "forward passes / answer", "avg@8", "maj@8", "pass@8", "distinct answers",
+                       "guesses"],
+    "live": ["run", "target_kl, first steps", "target_kl, last steps", "lambda, last steps",
+             "length distortion, last steps"],
+    "toy": ["G", "steps", "exact KL", "estimated KL", "exact lambda", "estimated lambda"],
+}  # fmt: skip
+
+
+def tables(markdown: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header, rows) of every Markdown table."""
+    found, lines = [], markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in row.strip("|").split("|")])
+            found.append((header, rows))
+    return found
+
+
+def test_interval_and_recovery_share():
+    stats = mean_interval([0.5, 0.6, 0.7])
+    assert stats["mean"] == pytest.approx(0.6)
+    assert stats["high"] - stats["mean"] == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-3)
+    share = recovery_share(pf=[0.7, 0.8, 0.75], grpo=[0.8, 0.9, 0.85], base=[0.4, 0.4, 0.4])
+    assert share["share"] == pytest.approx(0.35 / 0.45)
+    assert share["low"] < share["share"] < share["high"]
+    assert share["per_seed"] == pytest.approx([0.75, 0.8, 0.35 / 0.45])
+
+
+def test_quick_pipeline_writes_every_table_and_plot(tmp_path):
+    out, docs = tmp_path / "experiment", tmp_path / "docs"
+    main(["--quick", "--output_dir", str(out), "--docs_dir", str(docs)], prog="trl-powerflow experiment")
+    for name in REPORT_FILES:
+        assert (docs / name).is_file() and (docs / name).stat().st_size > 0, name
+    for run in ("seed0", "seed1", "alpha_sweep", "ablations", "creative"):
+        assert (docs / "comparisons" / run / "results.md").is_file(), run
+        assert (docs / "comparisons" / run / "results.json").is_file(), run
+    text = (docs / "results.md").read_text()
+    headers = [header for header, _ in tables(text)]
+    for name, expected in EXPECTED_TABLES.items():
+        assert expected in headers, (name, headers)
+    found = dict((tuple(h), rows) for h, rows in tables(text))
+    seeds_rows = found[tuple(EXPECTED_TABLES["seeds"])]
+    assert {r[0] for r in seeds_rows} == {"base", "grpo_accuracy", "ttrl", "powerflow"}
+    assert {r[1] for r in seeds_rows if r[0] != "base"} == {"2", "4"}  # both budgets, N and 2N
+    assert len(found[tuple(EXPECTED_TABLES["share"])]) == 2
+    assert "Machine:" in text and "Compute time per stage" in text
+
+    report = json.loads((docs / "results.json").read_text())
+    assert report["seeds"]["seeds"] == [0, 1]
+    for method in ("grpo_accuracy", "ttrl", "powerflow"):
+        for step in ("2", "4"):
+            assert len(report["seeds"]["methods"][method][step]["per_seed"]) == 2, (method, step)
+    assert report["live"], "the PowerFlow runs must log powerflow/target_kl"
+    assert all(len(run["steps"]) == 4 for run in report["toy"]["runs"])
+    assert set(report["stage_seconds"]) == {
+        "seeds", "sweep", "ablations", "creative", "diagnosis", "power_sampling", "toy"
+    }  # fmt: skip
+    assert os.path.isfile(out / "report" / "results.md")
