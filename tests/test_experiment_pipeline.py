@@ -15,7 +15,7 @@ from trl_powerflow.experiments.evidence import REPORT_FILES, mean_interval, reco
 EXPECTED_TABLES = {
     "seeds": ["method", "steps", "avg@8", "pass@8", "maj@8", "tokens", "distinct answers", "guesses", "step errors",
               "avg@8 per seed"],
-    "share": ["steps", "share R [95% CI]", "per seed", "PF gain per seed", "GRPO gain per seed"],
+    "share": ["method", "steps", "share R [95% CI]", "per seed", "gain per seed", "GRPO gain per seed"],
     "diagnosis": ["method", "steps", "avg@8", "acc. where base mode right", "acc. where base mode wrong",
                   "wrong answers = base mode", "maj answer = base mode", "tokens", "guesses", "distinct answers"],
     "sweep": ["method", "alpha", "avg@8", "pass@8", "maj@8", "tokens", "distinct answers", "guesses", "step errors"],
@@ -67,14 +67,16 @@ def test_quick_pipeline_writes_every_table_and_plot(tmp_path):
         assert expected in headers, (name, headers)
     found = dict((tuple(h), rows) for h, rows in tables(text))
     seeds_rows = found[tuple(EXPECTED_TABLES["seeds"])]
-    assert {r[0] for r in seeds_rows} == {"base", "grpo_accuracy", "ttrl", "powerflow"}
+    label_free = {"ttrl", "empo", "intuitor", "powerflow", "powerflow_previous_defaults"}
+    assert {r[0] for r in seeds_rows} == {"base", "grpo_accuracy"} | label_free
     assert {r[1] for r in seeds_rows if r[0] != "base"} == {"2", "4"}  # both budgets, N and 2N
-    assert len(found[tuple(EXPECTED_TABLES["share"])]) == 2
+    share_rows = found[tuple(EXPECTED_TABLES["share"])]
+    assert {(r[0], r[1]) for r in share_rows} == {(m, s) for m in label_free for s in ("2", "4")}
     assert "Machine:" in text and "Compute time per stage" in text
 
     report = json.loads((docs / "results.json").read_text())
     assert report["seeds"]["seeds"] == [0, 1]
-    for method in ("grpo_accuracy", "ttrl", "powerflow"):
+    for method in ("grpo_accuracy", "ttrl", "empo", "intuitor", "powerflow", "powerflow_previous_defaults"):
         for step in ("2", "4"):
             assert len(report["seeds"]["methods"][method][step]["per_seed"]) == 2, (method, step)
     assert report["live"], "the PowerFlow runs must log powerflow/target_kl"

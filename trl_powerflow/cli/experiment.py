@@ -6,9 +6,10 @@ r"""`trl-powerflow experiment`: the small-scale experiment of docs/experiment, o
 Stages (`--stages`, default all):
 
 1. seeds: digit-chain reasoning from the shipped pretrained base (trl_powerflow/assets/digit_chain_base): supervised
-   GRPO, TTRL and PowerFlow alpha 4 for 2N steps (constant learning rate; evaluated at N and 2N) for every seed.
+   GRPO, TTRL, EMPO, Intuitor, PowerFlow alpha 4 and PowerFlow alpha 4 with the previous head defaults
+   (log_z_learning_rate 1e-2, no re-centring) for 2N steps (constant learning rate; evaluated at N and 2N), every seed.
 2. sweep: PowerFlow alpha 1, 2, 8 on reasoning for N steps (alpha 4 and TTRL come from stage 1).
-3. ablations: Intuitor, entropy minimisation, EMPO, PowerFlow alpha 0.5, -traj and -token at N steps.
+3. ablations: entropy minimisation, PowerFlow alpha 0.5, -traj and -token at N steps.
 4. creative: pretrain the rhyming-couplet base and its over-sharpened "aligned" model, then PowerFlow alpha 0.25, 0.5,
    0.75, 1 and the baselines (GRPO + quality checker, Intuitor, entropy minimisation) from the aligned model.
 5. diagnosis: where the trained models put their probability mass (answers the base prefers, lengths, guesses).
@@ -16,7 +17,9 @@ Stages (`--stages`, default all):
 7. toy: the live target-distance estimate (powerflow/target_kl) against the exact KL on the enumerable toy.
 
 Then the report: results.md, results.json and the plots in --output_dir/report and, with --docs_dir, there; it
-states the machine and the wall time per stage. Finished stages are reused on a re-run (pass --force to redo them).
+states the machine and the wall time. `--jobs` (default 2) runs that many independent jobs side by side, one core
+each (every seed is a job; so are the sweep, the ablations, creative and the in-process stages; diagnosis waits for
+the seeds). Finished stages are reused on a re-run (pass --force to redo them).
 `--quick` shrinks every stage to a smoke run (about two minutes on one thread) that still writes every table and
 plot.
 """
@@ -48,6 +51,10 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--creative_alphas", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="Creative alpha sweep."
     )
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="Jobs run side by side (one core each; seeds and stages are independent)."
+    )
+    parser.add_argument("--no_report", action="store_true", help="Run the stages without writing the report.")
     parser.add_argument("--force", action="store_true", help="Redo finished stages.")
     parser.add_argument("--quick", action="store_true", help="Smoke run: every stage tiny, every table and plot.")
     return parser
@@ -56,6 +63,8 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def parse_args(argv=None, prog: str | None = None):
     args = make_parser(prog).parse_args(argv)
     given = set(argv or sys.argv[1:])
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}.")
     if args.quick:  # two seeds (an interval needs two), one alpha of the sweep, unless asked otherwise
         args.seeds = args.seeds if "--seeds" in given else [0, 1]
         args.alphas = args.alphas if "--alphas" in given else [2.0]

@@ -72,7 +72,10 @@ METHOD_LABELS = {
     "base": "base (shipped, not trained)",
     "grpo_accuracy": "GRPO + accuracy (labels)",
     "ttrl": "TTRL (majority vote)",
+    "empo": "EMPO (semantic entropy)",
+    "intuitor": "Intuitor (self-certainty)",
     "powerflow": "PowerFlow alpha 4",
+    "powerflow_previous_defaults": "PowerFlow alpha 4, previous head defaults",
 }
 REPORT_FILES = (
     "results.md", "results.json", "reasoning_seeds.png", "alpha_sweep.png", "creative_frontier.png",
@@ -231,7 +234,7 @@ def diagnosis_stage(args) -> dict:
     """Where each trained model's mass goes, against the base's modal answer per prompt (see the module doc)."""
     from ..data.answers import answers_equivalent, reference_answer
     from .compare import checkpoints
-    from .small_scale import SEED_METHODS, base_model_path, half_budget, seed_dir
+    from .small_scale import DIAGNOSIS_METHODS, base_model_path, half_budget, seed_dir
 
     n = half_budget(args)
     rows = _eval_rows(args)
@@ -248,7 +251,7 @@ def diagnosis_stage(args) -> dict:
     mode_right = [answers_equivalent(m, ref) for m, ref in zip(base_mode, refs)]
     record = {"settings": settings, "base_mode_right_fraction": sum(mode_right) / len(rows), "runs": {}}
     for seed in args.seeds:
-        for method in SEED_METHODS:
+        for method in DIAGNOSIS_METHODS:
             run_dir = os.path.join(seed_dir(args, seed), "runs", method)
             if method == "base":
                 targets = [(0, base_model_path())]
@@ -478,7 +481,7 @@ def seeds_summary(args) -> dict:
     n = half_budget(args)
     runs = {s: load_results(seed_dir(args, s)) for s in args.seeds}
     runs = {s: r for s, r in runs.items() if r}
-    out = {"budgets": [n, 2 * n], "seeds": sorted(runs), "methods": {}, "share": {}}
+    out = {"budgets": [n, 2 * n], "seeds": sorted(runs), "methods": {}, "shares": {}}
     for method in SEED_METHODS:
         for step in (n, 2 * n):
             per_seed = {}
@@ -489,19 +492,21 @@ def seeds_summary(args) -> dict:
                     per_seed[s] = {k: metrics.get(k) for k, _ in SEED_KEYS}
             stats = {k: mean_interval([v[k] for v in per_seed.values()]) for k, _ in SEED_KEYS}
             out["methods"].setdefault(method, {})[str(step)] = {"per_seed": per_seed, "stats": stats}
+    rows = out["methods"]
+    label_free = [m for m in rows if m not in ("base", "grpo_accuracy")]
     for step in (n, 2 * n):
-        rows = out["methods"]
-        seeds = [
-            s for s in out["seeds"]
-            if all(s in rows[m][str(step)]["per_seed"] for m in ("base", "grpo_accuracy", "powerflow"))
-        ]  # fmt: skip
-        if seeds:
 
-            def acc(m, step=step, rows=rows, seeds=seeds):
-                return [rows[m][str(step)]["per_seed"][s]["avg@8"] for s in seeds]
+        def acc(m, step=step, seeds=out["seeds"]):
+            return [rows[m][str(step)]["per_seed"][s]["avg@8"] for s in seeds]
 
-            out["share"][str(step)] = recovery_share(acc("powerflow"), acc("grpo_accuracy"), acc("base"))
-            out["share"][str(step)]["seeds"] = seeds
+        for method in label_free:
+            needed = ("base", "grpo_accuracy", method)
+            seeds = [s for s in out["seeds"] if all(s in rows[m][str(step)]["per_seed"] for m in needed)]
+            if seeds:
+                share = recovery_share(acc(method, seeds=seeds), acc("grpo_accuracy", seeds=seeds),
+                                       acc("base", seeds=seeds))  # fmt: skip
+                out["shares"].setdefault(method, {})[str(step)] = {**share, "seeds": seeds}
+    out["share"] = out["shares"].get("powerflow", {})
     return out
 
 
@@ -570,7 +575,9 @@ def plot_all(report: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     seeds = report["seeds"]
-    colors = {"base": "grey", "grpo_accuracy": "tab:blue", "ttrl": "tab:orange", "powerflow": "tab:green"}
+    colors = {"base": "grey", "grpo_accuracy": "tab:blue", "ttrl": "tab:orange", "empo": "tab:red",
+              "intuitor": "tab:purple", "powerflow": "tab:green",
+              "powerflow_previous_defaults": "yellowgreen"}  # fmt: skip
 
     # 1. multi-seed reasoning comparison: avg@8 at N and 2N, mean with 95% interval, per-seed dots
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -714,7 +721,7 @@ def report_markdown(args, report: dict, command: str) -> str:
         "Compute time per stage (as recorded when each stage ran; reused stages keep their times): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items() if v)
         + f"; total {total / 60:.1f} min. Wall time of the invocation that wrote this report: "
-        f"{report['wall_seconds'] / 60:.1f} min."
+        f"{report['wall_seconds'] / 60:.1f} min, {args.jobs} job(s) side by side."
     )
     lines += ["", f"## 1. Reasoning: {len(seeds['seeds'])} seeds per method, budgets {n} and {n2} steps", ""]
     lines.append(
@@ -735,20 +742,21 @@ def report_markdown(args, report: dict, command: str) -> str:
             rows.append([method, 0 if method == "base" else step]
                         + [fmt_interval(stats[k]) for k, _ in SEED_KEYS] + [per])  # fmt: skip
     lines += md_table(header, rows)
-    lines += ["", "### Share of supervised GRPO's gain recovered by PowerFlow", ""]
+    lines += ["", "### Share of supervised GRPO's gain recovered without labels", ""]
     lines.append(
-        "R = mean(PF - base) / mean(GRPO - base) on avg@8, gains paired by seed; 95% interval by the delta method "
-        "with a t quantile (n - 1 degrees of freedom)."
+        "R = mean(M - base) / mean(GRPO - base) on avg@8 for each label-free method M, gains paired by seed; 95% "
+        "interval by the delta method with a t quantile (n - 1 degrees of freedom)."
     )
     lines.append("")
     rows = []
-    for step, share in seeds["share"].items():
-        interval = fmt_interval({"mean": share["share"], "low": share["low"], "high": share["high"]}, 2)
-        rows.append([
-            step, interval, ", ".join(fmt(v, 2) for v in share["per_seed"]),
-            ", ".join(fmt(v) for v in share["pf_gain"]), ", ".join(fmt(v) for v in share["grpo_gain"]),
-        ])  # fmt: skip
-    lines += md_table(["steps", "share R [95% CI]", "per seed", "PF gain per seed", "GRPO gain per seed"], rows)
+    for method, by_step in seeds["shares"].items():
+        for step, share in by_step.items():
+            interval = fmt_interval({"mean": share["share"], "low": share["low"], "high": share["high"]}, 2)
+            rows.append([
+                method, step, interval, ", ".join(fmt(v, 2) for v in share["per_seed"]),
+                ", ".join(fmt(v) for v in share["pf_gain"]), ", ".join(fmt(v) for v in share["grpo_gain"]),
+            ])  # fmt: skip
+    lines += md_table(["method", "steps", "share R [95% CI]", "per seed", "gain per seed", "GRPO gain per seed"], rows)
 
     diag = report.get("diagnosis")
     if diag and diag.get("runs"):
@@ -916,52 +924,26 @@ def write_report(args, command: str, timings: dict, wall_seconds: float) -> str:
 
 def run_experiment(args, command: str) -> dict[str, float]:
     """Every stage of `args.stages` (the options of `trl-powerflow experiment`, see `trl_powerflow.cli.experiment`),
-    then the report (tables, plots, results.json) in `args.output_dir`/report and, with `args.docs_dir`, there.
-    Returns the wall time of each stage of this invocation."""
-    from .small_scale import (
-        STAGES,
-        ablations_argv,
-        creative_argv,
-        pretrain_argv,
-        reasoning_data,
-        run,
-        seeds_argvs,
-        sweep_argv,
-    )
+    `args.jobs` jobs at a time (`small_scale.run_jobs`), then the report (tables, plots, results.json) in
+    `args.output_dir`/report and, with `args.docs_dir`, there (not with `args.no_report`). Returns the seconds of
+    each stage of this invocation (summed over its jobs)."""
+    from .small_scale import STAGES, experiment_jobs, reasoning_data, run_jobs
 
     os.makedirs(args.output_dir, exist_ok=True)
-    timings = {}
     stages = [s for s in STAGES if s in args.stages]
-    needs_reasoning = {"seeds", "sweep", "ablations", "diagnosis", "power_sampling"} & set(stages)
-    if needs_reasoning:
+    if {"seeds", "sweep", "ablations", "diagnosis", "power_sampling"} & set(stages):
         reasoning_data(args)
+    in_process = {
+        "diagnosis": lambda: diagnosis_stage(args),
+        "power_sampling": lambda: power_sampling_stage(args),
+        "toy": lambda: toy_stage(args),
+    }
     started = time.time()
-    for stage in stages:
-        start = time.time()
-        print(f"[experiment] stage {stage}", flush=True)
-        if stage == "seeds":
-            for out, argv in seeds_argvs(args):
-                os.makedirs(out, exist_ok=True)
-                run(argv, os.path.join(out, "compare.log"))
-        elif stage in ("sweep", "ablations"):
-            out, argv = sweep_argv(args) if stage == "sweep" else ablations_argv(args)
-            os.makedirs(out, exist_ok=True)
-            run(argv, os.path.join(out, "compare.log"))
-        elif stage == "creative":
-            data = os.path.join(args.output_dir, "creative")
-            os.makedirs(data, exist_ok=True)
-            run(pretrain_argv(args, "creative", data), os.path.join(data, "pretrain.log"))
-            out, argv = creative_argv(args)
-            run(argv, os.path.join(data, "compare.log"))
-        elif stage == "diagnosis":
-            diagnosis_stage(args)
-        elif stage == "power_sampling":
-            power_sampling_stage(args)
-        elif stage == "toy":
-            toy_stage(args)
-        timings[stage] = time.time() - start
-        print(f"[experiment] stage {stage}: {timings[stage]:.0f}s", flush=True)
-    report_dir = write_report(args, command, timings, time.time() - started)
-    print(f"[experiment] wrote {report_dir}")
-    print(f"[experiment] done in {sum(timings.values()) / 60:.1f} min (this invocation): " + json.dumps(timings))
+    timings = run_jobs(experiment_jobs(args, stages, in_process), args.jobs)
+    wall = time.time() - started
+    if not args.no_report:
+        report_dir = write_report(args, command, timings, wall)
+        print(f"[experiment] wrote {report_dir}")
+    print(f"[experiment] done in {wall / 60:.1f} min of wall time, {args.jobs} job(s) at a time; compute per stage: "
+          + json.dumps({k: round(v) for k, v in timings.items()}), flush=True)  # fmt: skip
     return timings

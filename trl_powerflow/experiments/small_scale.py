@@ -5,14 +5,16 @@ Stages (`--stages`, default all; each reuses what a previous invocation finished
 
 - ``seeds``: reasoning (digit chains, `trl_powerflow.experiments.synthetic_tasks`), starting from the shipped
   pretrained base `trl_powerflow/assets/digit_chain_base` (the same for every seed). For every seed in `seeds`
-  one `trl-powerflow compare` trains supervised GRPO (accuracy reward), TTRL (majority vote) and PowerFlow alpha 4
-  (the trainer's defaults: learned log-partition head, log_z_recentre on, log_z_learning_rate unset) for
-  2N steps at a constant learning rate and evaluates every N/2 steps: the checkpoints at N and 2N give both
-  budgets. The seed changes the RL run and the evaluation sampling (the base is evaluated with each seed too).
+  one `trl-powerflow compare` trains supervised GRPO (accuracy reward), the RLIF baselines TTRL (majority vote),
+  EMPO (semantic entropy) and Intuitor (self-certainty), PowerFlow alpha 4 (the trainer's defaults: learned
+  log-partition head, log_z_recentre on, log_z_learning_rate unset) and PowerFlow alpha 4 with the previous head
+  defaults (log_z_learning_rate 1e-2, no re-centring) for 2N steps at a constant learning rate and evaluates
+  every N/2 steps: the checkpoints at N and 2N give both budgets. The seed changes the RL run and the evaluation
+  sampling (the base is evaluated with each seed too).
 - ``sweep``: PowerFlow alpha 1, 2, 8 on reasoning for N steps at `seed` (alpha 4 and TTRL, its alpha -> infinity
   limit, are read from the seed-`seed` run of ``seeds`` at step N).
-- ``ablations``: the remaining reasoning methods at N steps and `seed`: Intuitor, entropy minimisation, EMPO,
-  PowerFlow alpha 0.5 and the -traj / -token ablations.
+- ``ablations``: the remaining reasoning methods at N steps and `seed`: entropy minimisation, PowerFlow alpha 0.5
+  and the -traj / -token ablations.
 - ``creative``: `trl-powerflow pretrain-base --task creative` (diverse base, then an over-sharpened "aligned" model)
   and a comparison from the aligned model: PowerFlow alpha 0.25, 0.5, 0.75 and 1, GRPO with the poem-quality
   reward, Intuitor, entropy minimisation (alpha 2 too when it is in `creative_alphas`); the pre-alignment base is
@@ -25,12 +27,14 @@ The report (`evidence.write_report`): tables with 95% t-intervals over seeds, th
 PowerFlow with its delta-method interval, the plots, the machine and the wall time per stage; with `args.docs_dir`
 it is written there (results.md, results.json, *.png and each comparison's own results under comparisons/).
 
-Each training stage runs as a subprocess (`python -m trl_powerflow <command>`). `quick` shrinks every stage to a
+Each training stage runs as a subprocess (`python -m trl_powerflow <command>`); `run_jobs` runs `args.jobs` of
+them side by side (every seed is its own job; diagnosis waits for the seeds). `quick` shrinks every stage to a
 smoke run that produces every table and plot (CI, about two minutes on one thread).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -56,16 +60,23 @@ QUICK_CREATIVE_TRAIN_ARGS = (
 )
 # Run order: the multi-seed comparison, then the cheap stages that read it, then the single-seed ones.
 STAGES = ("seeds", "diagnosis", "power_sampling", "toy", "sweep", "creative", "ablations")
-SEED_METHODS = ("base", "grpo_accuracy", "ttrl", "powerflow")
-ABLATION_METHODS = (
-    "base", "intuitor", "entropy_min", "empo", "powerflow_low_alpha", "powerflow_tb_traj", "powerflow_tb_token",
+# The multi-seed comparison: supervised GRPO, the RLIF baselines (TTRL, EMPO, Intuitor), PowerFlow with the trainer's
+# defaults and PowerFlow with the head defaults it had before the drop-in issue (what the default change did).
+SEED_METHODS = (
+    "base", "grpo_accuracy", "ttrl", "empo", "intuitor", "powerflow", "powerflow_previous_defaults",
 )  # fmt: skip
+PREVIOUS_DEFAULTS = (
+    "powerflow_previous_defaults=powerflow --alpha 4 --objective la_tb --log_z_learning_rate 1e-2 "
+    "--log_z_recentre false"
+)
+DIAGNOSIS_METHODS = ("base", "grpo_accuracy", "ttrl", "powerflow")
+ABLATION_METHODS = ("base", "entropy_min", "powerflow_low_alpha", "powerflow_tb_traj", "powerflow_tb_token")
 REASONING_TITLE = "Digit-chain reasoning (shipped tiny Qwen2 base)"
 
 
-def run(argv: list[str], log_path: str) -> float:
-    """Run `trl-powerflow <argv>` as a subprocess (output to `log_path`, progress lines echoed), return its wall
-    time."""
+def run(argv: list[str], log_path: str, tag: str = "") -> float:
+    """Run `trl-powerflow <argv>` as a subprocess (output to `log_path`, progress lines echoed with `tag`), return its
+    wall time."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,8 +89,8 @@ def run(argv: list[str], log_path: str) -> float:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
         for line in process.stdout:
             log.write(line)
-            if line.startswith(("[pretrain]", "[compare]")):
-                print("  " + line.rstrip(), flush=True)
+            if line.startswith(("[pretrain]", "[compare]", "[experiment]")):
+                print(f"  {tag}{line.rstrip()}", flush=True)
         code = process.wait()
     if code != 0:
         raise SystemExit(f"{shlex.join(command)} failed with exit code {code}; see {log_path}")
@@ -121,9 +132,11 @@ def reasoning_data(args) -> str:
             with open(path, "w") as f:
                 f.write(text)
     with open(os.path.join(DIGIT_CHAIN_BASE, "pretrain.json")) as f:
-        record = json.load(f)
-    with open(os.path.join(data, "pretrain.json"), "w") as f:
-        json.dump(record, f, indent=2)
+        text = json.dumps(json.load(f), indent=2)
+    path = os.path.join(data, "pretrain.json")
+    if not os.path.isfile(path) or open(path).read() != text:  # parallel stage workers read, never rewrite
+        with open(path, "w") as f:
+            f.write(text)
     return data
 
 
@@ -173,10 +186,10 @@ def seed_dir(args, seed: int) -> str:
 
 def seeds_argvs(args) -> list[tuple[str, list[str]]]:
     n = half_budget(args)
-    return [
-        (seed_dir(args, s), reasoning_argv(args, seed_dir(args, s), s, 2 * n, eval_interval(args), SEED_METHODS))
-        for s in args.seeds
-    ]
+    extra = ["--method", PREVIOUS_DEFAULTS]
+    every = eval_interval(args)
+    return [(seed_dir(args, s), reasoning_argv(args, seed_dir(args, s), s, 2 * n, every, SEED_METHODS, extra))
+            for s in args.seeds]  # fmt: skip
 
 
 def alpha_name(alpha: float) -> str:
@@ -256,3 +269,101 @@ def creative_argv(args) -> tuple[str, list[str]]:
 def compare_seconds(out: str) -> float:
     with open(os.path.join(out, "results.json")) as f:
         return json.load(f)["info"]["compute_seconds"]
+
+
+# ------------------------------------------------------------------------------------------------ running the stages
+IN_PROCESS_STAGES = ("diagnosis", "power_sampling", "toy")
+
+
+@dataclasses.dataclass
+class Job:
+    """One schedulable piece of a stage: `commands` ((trl-powerflow argv, log path), run in order) or, for an
+    in-process stage with one worker, `local` (called in this process). `cost` orders the start (largest first);
+    the job starts only once every job of the stages in `after` has finished."""
+
+    stage: str
+    name: str
+    commands: list = dataclasses.field(default_factory=list)
+    local: object = None
+    cost: float = 1.0
+    after: tuple = ()
+
+
+def stage_argv(args, stage: str) -> list[str]:
+    """`trl-powerflow experiment` running `stage` alone with `args`' settings, one worker and no report."""
+    argv = [
+        "experiment", "--output_dir", args.output_dir, "--stages", stage, "--jobs", "1", "--no_report",
+        "--reasoning_steps", str(args.reasoning_steps), "--creative_steps", str(args.creative_steps),
+        "--eval_every", str(args.eval_every), "--seed", str(args.seed), "--seeds", *map(str, args.seeds),
+        "--alphas", *(f"{a:g}" for a in args.alphas), "--creative_alphas", *(f"{a:g}" for a in args.creative_alphas),
+    ]  # fmt: skip
+    return argv + ["--quick"] * args.quick + ["--force"] * args.force
+
+
+def experiment_jobs(args, stages, in_process: dict) -> list[Job]:
+    """The jobs of `stages`: one per seed, one per other training stage (creative: pretraining then comparison),
+    one per in-process stage (`in_process[stage]`, a callable, with one worker; a `trl-powerflow experiment
+    --stages <stage>` subprocess with several). Costs are the relative compute of the full run."""
+    jobs = []
+    for stage in stages:
+        if stage == "seeds":
+            for out, argv in seeds_argvs(args):
+                os.makedirs(out, exist_ok=True)
+                jobs.append(Job(stage, os.path.basename(out), [(argv, os.path.join(out, "compare.log"))], cost=20))
+        elif stage in ("sweep", "ablations"):
+            out, argv = sweep_argv(args) if stage == "sweep" else ablations_argv(args)
+            os.makedirs(out, exist_ok=True)
+            jobs.append(Job(stage, stage, [(argv, os.path.join(out, "compare.log"))], cost=6))
+        elif stage == "creative":
+            data = os.path.join(args.output_dir, "creative")
+            os.makedirs(data, exist_ok=True)
+            commands = [(pretrain_argv(args, "creative", data), os.path.join(data, "pretrain.log")),
+                        (creative_argv(args)[1], os.path.join(data, "compare.log"))]  # fmt: skip
+            jobs.append(Job(stage, stage, commands, cost=10))
+        elif stage in IN_PROCESS_STAGES:
+            after = ("seeds",) if stage == "diagnosis" else ()
+            if args.jobs == 1:
+                jobs.append(Job(stage, stage, local=in_process[stage], cost=2, after=after))
+            else:
+                log = os.path.join(args.output_dir, f"{stage}.log")
+                jobs.append(Job(stage, stage, [(stage_argv(args, stage), log)], cost=2, after=after))
+    return jobs
+
+
+def run_jobs(jobs: list[Job], workers: int) -> dict[str, float]:
+    """Run `jobs` with at most `workers` at a time (largest cost first, dependencies respected); returns the
+    seconds per stage (summed over its jobs). The first failure stops new starts and is raised once the running
+    jobs end."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    def execute(job: Job) -> float:
+        start = time.time()
+        print(f"[experiment] start {job.name}", flush=True)
+        if job.local is not None:
+            job.local()
+        for argv, log in job.commands:
+            run(argv, log, tag=f"[{job.name}] " if workers > 1 else "")
+        print(f"[experiment] done {job.name}: {time.time() - start:.0f}s", flush=True)
+        return time.time() - start
+
+    pending = sorted(jobs, key=lambda j: -j.cost)
+    running, seconds, error = {}, {}, None
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        while pending or running:
+            busy = {j.stage for j in pending} | {j.stage for j in running.values()}
+            for job in list(pending):
+                if error is None and len(running) < workers and not set(job.after) & busy - {job.stage}:
+                    pending.remove(job)
+                    running[pool.submit(execute, job)] = job
+            if error is not None and not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    seconds[job.stage] = seconds.get(job.stage, 0.0) + future.result()
+                except BaseException as e:  # noqa: BLE001 - re-raised below, after the running jobs end
+                    error = error or e
+    if error is not None:
+        raise error
+    return seconds
