@@ -599,9 +599,10 @@ def plot_all(report: dict, out: str) -> None:
         ax.set_ylabel(label)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     fig.suptitle(f"Digit chains, {len(seeds['seeds'])} seeds: mean, 95% t-interval, dots = seeds", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(os.path.join(out, "reasoning_seeds.png"), dpi=110)
     plt.close(fig)
 
