@@ -45,15 +45,22 @@ def policy_grads(trainer, loss):
 
 
 # ------------------------------------------------------------------------------------------------- beta KL term
-@pytest.mark.parametrize("bias_correction", [True, False])
-@pytest.mark.parametrize("off_policy", [False, True])
-def test_kl_term_value_and_gradient_equal_grpo(tiny_model_dir, tmp_path, off_policy, bias_correction):
+KL_CASES = [(False, True, 1.0), (False, False, 1.0), (True, True, 1.0), (True, False, 1.0)]
+KL_CASES += [(False, True, 0.7), (True, True, 0.7), (True, False, 0.7)]
+
+
+@pytest.mark.parametrize(("off_policy", "bias_correction", "temperature"), KL_CASES)
+def test_kl_term_value_and_gradient_equal_grpo(tiny_model_dir, tmp_path, off_policy, bias_correction, temperature):
     """GRPOTrainer with zero advantages has a loss made only of its KL term (the clipped surrogate is 0 with zero
     gradient). PowerFlow's KL term is its loss with beta minus its loss with beta = 0 on the same batch. Both must be
     equal in value and gradient for every policy parameter, on-policy and with reused generations (old log-probs from
     another policy), with and without `use_bias_correction_kl`, with accumulation (GA = steps_per_generation = 2) and a
-    row left without tokens."""
+    row left without tokens, at T = 1 and at T = 0.7 (GRPO's k3 and ratio use log softmax(z / T); the base at T is
+    the one PowerFlow computed at generation, handed to GRPO as its `ref_per_token_logps`).
+
+    Seen to fail when the KL used temperature-1 log-probs at T = 0.7 (the previous code: value 0.060 vs 0.129)."""
     common = dict(
+        temperature=temperature,
         beta=0.1,
         use_bias_correction_kl=bias_correction,
         gradient_accumulation_steps=2,
@@ -81,11 +88,19 @@ def test_kl_term_value_and_gradient_equal_grpo(tiny_model_dir, tmp_path, off_pol
     batch["completion_mask"][1] = 0  # a row with no tokens (as a masked truncation leaves it)
     batch["num_items_in_batch"] = batch["completion_mask"].sum()
     batch["num_sequences_in_batch"] = (batch["completion_mask"].sum(-1) > 0).sum()
+    at_t = temperature != 1.0
+    base_key = "base_per_token_logps_at_t" if at_t else "base_per_token_logps"
+    if at_t:  # the base at T, not at 1
+        assert (batch[base_key] - batch["base_per_token_logps"]).abs().max() > 0.01
     if off_policy:
         with torch.no_grad():
             batch["old_per_token_logps"] = (batch["base_per_token_logps"] * 0.9).detach()
+            if at_t:
+                batch["old_per_token_logps_at_t"] = (batch[base_key] * 0.9).detach()
     micro = rows(batch, slice(0, 4))
-    grpo_inputs = {**micro, "ref_per_token_logps": micro["base_per_token_logps"]}
+    grpo_inputs = {**micro, "ref_per_token_logps": micro[base_key]}
+    if at_t:
+        grpo_inputs["old_per_token_logps"] = micro.get("old_per_token_logps_at_t")
     grpo_inputs["advantages"] = torch.zeros(4)
 
     for trainer in (pf, grpo):

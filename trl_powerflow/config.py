@@ -48,7 +48,10 @@ class PowerFlowConfig(GRPOConfig):
         epsilon, epsilon_high (`float`):
             Clip range of the TB weight `w = clip(pi/pi_old, 1 - epsilon, 1 + epsilon_high)` (detached).
         beta (`float`, *optional*, defaults to `0.0`):
-            Adds GRPO's own k3 KL term towards the base model (same value and gradient as GRPOTrainer).
+            Adds GRPO's own k3 KL term towards the base model (same value and gradient as GRPOTrainer, at any
+            sampling temperature: log-probs of logits / T).
+        kl_at_temperature_one (`bool`, *optional*, defaults to `False`):
+            Compute that KL term from temperature-1 log-probs instead (differs from GRPO when temperature != 1).
         reward_funcs / reward_weights:
             Optional; their weighted sum is the shaping term `psi(y)` inside the target.
         temperature, top_k, top_p, min_p:
@@ -119,6 +122,14 @@ class PowerFlowConfig(GRPOConfig):
             "choices": list(WEIGHT_LEVELS),
         },
     )
+    kl_at_temperature_one: bool = field(
+        default=False,
+        metadata={
+            "help": "With beta > 0 and temperature != 1: compute the k3 KL term from temperature-1 log-probs (the KL "
+            "between the policy's and the base's own distributions, the scale of the TB target) instead of GRPO's "
+            "log-probs at the sampling temperature. Default False: beta means what it means in GRPOTrainer."
+        },
+    )
     vllm_importance_sampling_correction: bool = field(
         default=False,
         metadata={
@@ -140,7 +151,7 @@ class PowerFlowConfig(GRPOConfig):
             _number("log_z_learning_rate", self.log_z_learning_rate, 0.0, hint=" or None")
         if self.log_z_init is not None:
             _number("log_z_init", self.log_z_init, -math.inf, hint=" or None")
-        for name in ("log_z_recentre", "log_z_detach_features"):
+        for name in ("log_z_recentre", "log_z_detach_features", "kl_at_temperature_one"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.log_z_estimator == "group":

@@ -34,11 +34,12 @@ from .training.log_z_head import (
 class LogZRequest:
     """One recorded policy forward: the prompt length, whether the head's features are detached, the backbone's last
     hidden state (set by the capture hook, consumed by the head), the head's outputs and inputs (one per chunk) and,
-    with `keep_hidden`, every forward's detached hidden state (for metrics)."""
+    with `keep_hidden`, every forward's hidden state (detached unless `keep_grad`)."""
 
     prompt_length: int
     detach_features: bool = False
     keep_hidden: bool = False
+    keep_grad: bool = False
     hidden: torch.Tensor | None = None
     log_z: list = dataclasses.field(default_factory=list)
     features: list = dataclasses.field(default_factory=list)
@@ -62,11 +63,12 @@ class HiddenStateCapture:
         if self.request is not None:
             self.request.hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
             if self.request.keep_hidden:
-                self.request.kept_hidden.append(self.request.hidden.detach())
+                hidden = self.request.hidden
+                self.request.kept_hidden.append(hidden if self.request.keep_grad else hidden.detach())
 
     @contextmanager
-    def record(self, prompt_length: int, detach_features: bool = False, keep_hidden: bool = False):
-        self.request = LogZRequest(prompt_length, detach_features, keep_hidden)
+    def record(self, prompt_length: int, detach_features: bool = False, keep_hidden: bool = False, keep_grad=False):
+        self.request = LogZRequest(prompt_length, detach_features, keep_hidden, keep_grad)
         try:
             yield self.request
         finally:

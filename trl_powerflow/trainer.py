@@ -14,7 +14,8 @@ from .log_z import ESTIMATORS, HiddenStateCapture
 from .losses import k3_kl, powerflow_loss, sequence_stats
 from .training.base_model import copy_base_before_init, create_base_model
 from .training.guards import warn_undetermined_target
-from .training.metrics import entropy_at_temperature, log_tb_metrics, write_completions_table
+from .training.metrics import log_tb_metrics, write_completions_table
+from .training.temperature import TemperatureScorer
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
 FORWARD_KEYS = tuple(
@@ -149,8 +150,18 @@ class PowerFlowTrainer(GRPOTrainer):
                 add_fused_lm_head(ref, temperature=1.0, cast_lm_head_to_fp32=fp32)
         if self.ref_model is None and not is_peft_model(self.model):
             self.ref_model = create_base_model(self, base_copy, quantization_config)
-        # The policy's last hidden state, captured during the loss forward (the head's features, the entropy at T).
+        # The policy's last hidden state, captured during the loss forward (the head's features, the scores at T).
         self.hidden_capture = HiddenStateCapture(policy.base_model)
+        # beta's KL as GRPO computes it: log-probs at the sampling temperature (unless `kl_at_temperature_one`).
+        self._kl_at_sampling_temperature = self.temperature != 1.0 and beta != 0.0 and not args.kl_at_temperature_one
+        self.temperature_scorer = self._base_scoring = None
+        if self.temperature != 1.0:
+            autocast = self.accelerator.autocast
+            self.temperature_scorer = TemperatureScorer(policy, self.temperature, args.cast_lm_head_to_fp32, autocast)
+            if self._kl_at_sampling_temperature and self.ref_model is not None:
+                ref = getattr(self.ref_model, "module", self.ref_model)
+                scorer = TemperatureScorer(ref, self.temperature, args.cast_lm_head_to_fp32, autocast)
+                self._base_scoring = (HiddenStateCapture(ref.base_model), scorer)
         self.log_z = self.log_z_estimators[args.log_z_estimator]()
         self.log_z.attach(self, policy, *optimizers)
         self.log_z_head = self.log_z.head  # the learned module (None without one)
@@ -175,7 +186,13 @@ class PowerFlowTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         # Override: add what the TB loss needs to the generation batch: base log-probs, psi(y), N, log Z inputs.
-        output = super()._generate_and_score_completions(inputs)
+        beta = self.beta
+        if self._kl_at_sampling_temperature:  # GRPO would score the base at T = 1 only: both come from one pass below
+            self.beta = 0.0
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self.beta = beta
         mode = "train" if self.model.training else "eval"
         if not self.reward_funcs:  # GRPO's reward statistics are meaningless without a reward
             for key in ("reward", "reward_std", "frac_reward_zero_std"):
@@ -183,7 +200,11 @@ class PowerFlowTrainer(GRPOTrainer):
 
         mask = output["completion_mask"] * output.get("tool_mask", 1)
         num_local, rank = mask.size(0), self.accelerator.process_index
-        base_logps = output.get("ref_per_token_logps")  # already computed by GRPO when beta != 0
+        base_logps = output.get("ref_per_token_logps")  # already computed by GRPO when beta != 0 (at T = 1)
+        if self._kl_at_sampling_temperature:
+            base_logps, output["base_per_token_logps_at_t"] = self._per_token_logps(output, base=True, at_t=True)
+            if self.args.use_bias_correction_kl and output.get("old_per_token_logps") is not None:
+                output["old_per_token_logps_at_t"] = self._per_token_logps(output, base=False, at_t=True)[1]
         output["base_per_token_logps"] = self._per_token_logps(output, base=True) if base_logps is None else base_logps
         # Completions with tokens in the whole generation batch (all processes): every one weighs 1/N in the loss.
         output["num_sequences_in_batch"] = self.accelerator.gather((mask.sum(-1) > 0).sum()).sum()
@@ -208,7 +229,8 @@ class PowerFlowTrainer(GRPOTrainer):
         base_logps, old_logps = inputs["base_per_token_logps"], inputs.get("old_per_token_logps")
 
         detach, keep = self.args.log_z_detach_features, self.temperature != 1.0
-        with self.hidden_capture.record(prompt_ids.size(1), detach, keep_hidden=keep) as request:
+        keep_grad = self._kl_at_sampling_temperature  # the KL's log-probs at T are differentiable
+        with self.hidden_capture.record(prompt_ids.size(1), detach, keep_hidden=keep, keep_grad=keep_grad) as request:
             per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
                 model,
                 input_ids,
@@ -218,11 +240,13 @@ class PowerFlowTrainer(GRPOTrainer):
                 compute_aux_loss=self.aux_loss_enabled,
                 **{k: inputs.get(k) for k in FORWARD_KEYS},
             )
-        if keep:  # GRPO logs the entropy of the sampler, at the sampling temperature
-            lm_head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            entropies = entropy_at_temperature(
-                lm_head, request.kept_hidden, completion_ids.size(1), mask, self.temperature
-            )
+        logps_at_t = None
+        if keep:  # GRPO logs the sampler's entropy at T (and its KL term uses log-probs at T): one LM-head pass
+            with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
+                logps_at_t, entropies = self.temperature_scorer(
+                    request.kept_hidden, input_ids, attention_mask, completion_ids.size(1)
+                )
+            request.kept_hidden.clear()
         log_z = self.log_z.compute(self, inputs, request, per_token_logps, mask, mode)
 
         # Every completion with tokens weighs 1/N, N = their number in the generation batch over all processes,
@@ -248,12 +272,17 @@ class PowerFlowTrainer(GRPOTrainer):
         )
         kl_sum = None
         if self.beta != 0.0:
-            # GRPO's KL term exactly (its default loss_type 'dapo'): per-token k3, times the differentiable ratio
-            # pi/pi_old with `use_bias_correction_kl`, summed over tokens and divided by the tokens of the step.
-            per_token_kl = k3_kl(per_token_logps, base_logps)
+            # GRPO's KL term exactly (its default loss_type 'dapo'): per-token k3 of the log-probs at the sampling
+            # temperature, times the differentiable ratio pi/pi_old with `use_bias_correction_kl`, summed over tokens
+            # and divided by the tokens of the step.
+            policy_kl, base_kl, old_kl = per_token_logps, base_logps, old_logps
+            if self._kl_at_sampling_temperature:
+                policy_kl, base_kl = logps_at_t, inputs["base_per_token_logps_at_t"]
+                old_kl = inputs.get("old_per_token_logps_at_t")
+            per_token_kl = k3_kl(policy_kl, base_kl)
             if self.args.use_bias_correction_kl:
-                old = per_token_logps.detach() if old_logps is None else old_logps
-                per_token_kl = per_token_kl * torch.exp(per_token_logps - old)
+                old_kl = policy_kl.detach() if old_kl is None else old_kl
+                per_token_kl = per_token_kl * torch.exp(policy_kl - old_kl)
             loss = loss + self.beta * (per_token_kl * mask).sum() / num_tokens
             kl_sum = sequence_stats(per_token_kl.detach(), mask)[0]
         if self.aux_loss_enabled:  # MoE load balancing, as GRPOTrainer adds it
@@ -282,8 +311,21 @@ class PowerFlowTrainer(GRPOTrainer):
             write_completions_table(self)
 
     @torch.no_grad()
-    def _per_token_logps(self, batch, base: bool):
-        """Temperature-1 per-token log-probs of the completions under p_base (`base=True`) or the current policy."""
+    def _per_token_logps(self, batch, base: bool, at_t: bool = False):
+        """Temperature-1 per-token log-probs of the completions under p_base (`base=True`) or the current policy;
+        with `at_t`, the pair (at T = 1, at the sampling temperature) from the same forward."""
+        if not at_t:
+            return self._per_token_logps_at_one(batch, base)
+        capture, scorer = self._base_scoring if base and self._base_scoring else (
+            self.hidden_capture, self.temperature_scorer
+        )  # fmt: skip
+        with capture.record(batch["prompt_ids"].size(1), keep_hidden=True) as request:
+            logps = self._per_token_logps_at_one(batch, base)
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        return logps, scorer(request.kept_hidden, input_ids, attention_mask, batch["completion_ids"].size(1))[0]
+
+    def _per_token_logps_at_one(self, batch, base: bool):
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         mode = "train" if self.model.training else "eval"
