@@ -15,6 +15,7 @@ NEW_FIELDS = {
     "log_z_detach_features",
     "log_z_init",
     "tb_weight_level",
+    "kl_at_temperature_one",
 }
 
 
@@ -70,11 +71,28 @@ def test_is_a_grpo_config_with_documented_fields():
         ({"top_entropy_quantile": 0.2}, "top_entropy_quantile"),
         ({"sync_ref_model": True}, "sync_ref_model"),
         ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -0.7}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"beta": -0.1}, "beta"),
+        ({"beta": float("inf")}, "beta"),
+        ({"kl_at_temperature_one": "yes"}, "kl_at_temperature_one"),
+        ({"num_generations": 0, "per_device_train_batch_size": 1}, "num_generations"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):
+    """Each invalid value fails at construction (before any model is loaded) with an error naming the field.
+    temperature 0 / beta < 0 were accepted before (the first failed at the first generation, the second trained)."""
     with pytest.raises(ValueError, match=f"`{field}"):
         make(**kwargs)
+
+
+def test_one_generation_per_prompt_is_a_powerflow_batch():
+    """GRPO refuses num_generations=1 (no group to compute advantages); PowerFlow has no advantages and its learned
+    head gives every completion its own residual, so the config accepts it (the trainer test trains with it)."""
+    assert make(num_generations=1, per_device_train_batch_size=3).num_generations == 1
+    with pytest.raises(ValueError, match="at least 2 generations"):
+        GRPOConfig(output_dir="/tmp/grpo-config-test", bf16=False, num_generations=1, per_device_train_batch_size=3)
 
 
 def test_valid_variants():

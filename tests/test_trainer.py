@@ -329,14 +329,38 @@ def test_plain_text_prompts_and_model_instance(tiny_model_dir, tmp_path):
         ({"eval_dataset": Dataset.from_dict({"prompt": []})}, ValueError, "`eval_dataset` is empty"),
         ({"args": "grpo"}, TypeError, "PowerFlowConfig"),
         ({"args": "weights"}, ValueError, "reward_weights"),
+        ({"model": "{tmp}/no-such-model"}, FileNotFoundError, "Model path .* does not exist.*config.json"),
+        ({"model": "./models/no/such"}, FileNotFoundError, "Model path .* does not exist"),
     ],
 )
-def test_bad_inputs_raise_clear_errors(tiny_model_dir, tmp_path, kwargs, error, match):
+def test_bad_inputs_raise_clear_errors(tiny_model_dir, tmp_path, kwargs, error, match, monkeypatch):
+    """Through the Python API, before any model is loaded. A missing local model path gave transformers'
+    "Repo id must be in the form ..." before."""
     call = {"model": tiny_model_dir, "train_dataset": dataset(), "args": make_args(tmp_path)}
     call.update(kwargs)
+    if isinstance(call["model"], str) and call["model"] != tiny_model_dir:
+        call["model"] = call["model"].format(tmp=tmp_path)
+
+        def no_model_loading(*args, **kwargs):
+            raise AssertionError("a model was loaded before the bad input was reported")
+
+        monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_model_loading)
     if call["args"] == "grpo":
         call["args"] = GRPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[])
     elif call["args"] == "weights":
         call["args"] = make_args(tmp_path, reward_weights=[1.0])
     with pytest.raises(error, match=match):
         PowerFlowTrainer(**call)
+
+
+def test_one_generation_per_prompt_trains_with_the_head(tiny_model_dir, tmp_path):
+    """num_generations=1 (GRPO refuses it): the head gives each completion its own residual, so the loss is not 0 and
+    the policy and head move. Seen to fail with GRPO's "at least 2 generations" error before the config allowed it."""
+    args = make_args(tmp_path, num_generations=1, per_device_train_batch_size=3, max_steps=2)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert any(abs(v) > 0 for v in logged(trainer, "loss"))
+    moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert any("log_z_head" in n for n in moved) and any("log_z_head" not in n for n in moved)

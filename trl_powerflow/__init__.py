@@ -2,12 +2,13 @@
 
 from typing import TYPE_CHECKING
 
-__all__ = ["PowerFlowConfig", "PowerFlowTrainer"]
+__all__ = ["PowerFlowConfig", "PowerFlowTrainer", "keep_vllm_cpu_weights_reloadable"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .config import PowerFlowConfig
     from .trainer import PowerFlowTrainer
+    from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
 
 
 def __getattr__(name: str):
@@ -21,4 +22,8 @@ def __getattr__(name: str):
         from .trainer import PowerFlowTrainer
 
         return PowerFlowTrainer
+    if name == "keep_vllm_cpu_weights_reloadable":
+        from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
+
+        return keep_vllm_cpu_weights_reloadable
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

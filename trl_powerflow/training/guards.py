@@ -30,6 +30,19 @@ SUPPORT_CUTTING = {
 }
 
 
+def check_local_model_path(name) -> None:
+    """A model given as a string that is a local path (starts with '.', '/' or '~', exists, or has more than one '/',
+    which no hub id has) must be a directory: say so before transformers reports it as a malformed repo id."""
+    if not isinstance(name, str):
+        return
+    is_local = name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1
+    if is_local and not os.path.isdir(os.path.expanduser(name)):
+        raise FileNotFoundError(
+            f"Model path {name!r} does not exist or is not a directory: pass the directory of a saved model (the "
+            "folder with config.json) or a hub id such as 'Qwen/Qwen2.5-0.5B'."
+        )
+
+
 def warn_undetermined_target(args) -> None:
     """Warn once, at construction, about options that leave part of the LA-TB fixed point undetermined."""
     if args.mask_truncated_completions:
