@@ -364,3 +364,57 @@ def test_one_generation_per_prompt_trains_with_the_head(tiny_model_dir, tmp_path
     assert any(abs(v) > 0 for v in logged(trainer, "loss"))
     moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
     assert any("log_z_head" in n for n in moved) and any("log_z_head" not in n for n in moved)
+
+
+def _warnings_of(monkeypatch):
+    import transformers.trainer
+
+    seen = []
+    monkeypatch.setattr(transformers.trainer.logger, "warning", lambda msg, *a, **k: seen.append(str(msg)))
+    return seen
+
+
+def test_resume_reports_no_false_missing_keys(tiny_model_dir, tmp_path, monkeypatch):
+    """Resuming restores the head from its own file and re-ties the tied LM head: no "missing keys" warning for
+    them. A key really missing from the weights is still reported. Seen to fail without the
+    `_issue_warnings_after_load` override ("missing keys ... ['lm_head.weight', 'log_z_head.offset', ...]")."""
+    from safetensors.torch import save_file
+
+    kwargs = dict(max_steps=2, save_strategy="steps", save_steps=2)
+    PowerFlowTrainer(model=tiny_model_dir, args=make_args(tmp_path / "a", **kwargs), train_dataset=dataset()).train()
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    seen = _warnings_of(monkeypatch)
+    resumed = PowerFlowTrainer(model=tiny_model_dir, args=make_args(tmp_path / "b", **kwargs), train_dataset=dataset())
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert not [m for m in seen if "missing keys" in m], seen
+    # control: drop a real weight from the checkpoint and the warning names it
+    weights = load_file(checkpoint / "model.safetensors")
+    dropped = next(k for k in weights if "mlp" in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, checkpoint / "model.safetensors", {"format": "pt"})
+    seen.clear()
+    again = PowerFlowTrainer(model=tiny_model_dir, args=make_args(tmp_path / "c", **kwargs), train_dataset=dataset())
+    again.train(resume_from_checkpoint=str(checkpoint))
+    missing = [m for m in seen if "missing keys" in m]
+    assert len(missing) == 1 and dropped in missing[0] and "log_z" not in missing[0] and "lm_head" not in missing[0]
+
+
+def test_load_best_model_at_end_restores_the_head(tiny_model_dir, tmp_path):
+    """With `load_best_model_at_end`, the head (and its `initialised` state) is the best checkpoint's, like the
+    weights, not the last step's. Seen to fail without the `_load_best_model` override (head left at step 3)."""
+    args = make_args(
+        tmp_path, max_steps=3, save_strategy="steps", save_steps=1, eval_strategy="steps", eval_steps=1,
+        per_device_eval_batch_size=4, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+        greater_is_better=True, log_z_learning_rate=0.5,
+    )  # fmt: skip
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset(), eval_dataset=dataset(4))
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    last = os.path.join(args.output_dir, "checkpoint-3")
+    assert best is not None and os.path.abspath(best) != os.path.abspath(last), best  # else the test proves nothing
+    best_head = load_file(os.path.join(best, LOG_Z_HEAD_FILE))
+    last_head = load_file(os.path.join(last, LOG_Z_HEAD_FILE))
+    assert any(not torch.equal(best_head[k], last_head[k]) for k in best_head)
+    state = {k: v.detach().cpu() for k, v in trainer.log_z_head.state_dict().items()}
+    assert set(state) == set(best_head)
+    for key, value in best_head.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)

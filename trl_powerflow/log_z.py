@@ -108,6 +108,10 @@ class LogZEstimator:
     def load(self, checkpoint_dir: str) -> None:
         """Restore the state written by `save`."""
 
+    def restored_keys(self, model) -> set:
+        """Keys of `model`'s state dict that `load` restores (not missing from the weights file)."""
+        return set()
+
     def exclude_from_vllm(self, vllm_generation) -> None:
         """Keep the estimator's parameters out of the weights pushed to vLLM."""
 
@@ -265,6 +269,9 @@ class LearnedLogZ(LogZEstimator):
 
     def load(self, checkpoint_dir):
         load_head(self.head, checkpoint_dir)
+
+    def restored_keys(self, model):
+        return {key for key in model.state_dict() if is_log_z_param(key)}
 
     def exclude_from_vllm(self, vllm_generation):
         iterate = vllm_generation._iter_named_params

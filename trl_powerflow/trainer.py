@@ -1,6 +1,7 @@
 """`PowerFlowTrainer`: GRPOTrainer with the reward/advantage loss replaced by length-aware trajectory balance."""
 
 import textwrap
+from types import SimpleNamespace
 
 import torch
 from accelerate.utils import is_peft_model
@@ -13,6 +14,7 @@ from .data import check_prompt_dataset
 from .log_z import ESTIMATORS, HiddenStateCapture
 from .losses import k3_kl, powerflow_loss, sequence_stats
 from .training.base_model import copy_base_before_init, create_base_model
+from .training.checkpoint_keys import tied_parameter_names
 from .training.guards import check_local_model_path, warn_undetermined_target
 from .training.metrics import log_tb_metrics, write_completions_table
 from .training.temperature import TemperatureScorer
@@ -367,3 +369,16 @@ class PowerFlowTrainer(GRPOTrainer):
         # Override: restore the estimator's state saved by `_save` (DeepSpeed restores it with the engine too).
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         self.log_z.load(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        # Override: `load_best_model_at_end` restores the estimator's state of the best checkpoint with its weights.
+        super()._load_best_model()
+        self.log_z.load(self.state.best_model_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result):
+        # Override: keys restored elsewhere are not missing (the head: its own file; tied weights: their source).
+        restored = self.log_z.restored_keys(self.model) | tied_parameter_names(self.model)
+        missing = [key for key in load_result.missing_keys if key not in restored]
+        super()._issue_warnings_after_load(
+            SimpleNamespace(missing_keys=missing, unexpected_keys=load_result.unexpected_keys)
+        )
