@@ -8,6 +8,7 @@ from trl import GRPOConfig
 
 from .losses import OBJECTIVES
 from .training.grpo_options import GRPO_OPTIONS_REJECTED
+from .training.launch_env import default_bf16_off_without_gpu, join_cpu_process_group
 
 LOG_Z_ESTIMATORS = ("head", "group")
 WEIGHT_LEVELS = ("sequence", "sequence_mean")
@@ -140,6 +141,10 @@ class PowerFlowConfig(GRPOConfig):
 
     def __post_init__(self):
         self._validate_powerflow()
+        # `accelerate launch` of a user's script without a GPU: one gloo group, bf16 off (as the CLI does).
+        if join_cpu_process_group() and self.ddp_backend is None:
+            self.ddp_backend = "gloo"
+        default_bf16_off_without_gpu(self)
         try:
             super().__post_init__()
         except ValueError as error:

@@ -16,6 +16,7 @@ from .losses import k3_kl, powerflow_loss, sequence_stats
 from .training.base_model import copy_base_before_init, create_base_model
 from .training.checkpoint_keys import tied_parameter_names
 from .training.guards import check_local_model_path, warn_undetermined_target
+from .training.launch_env import launched_world_size
 from .training.metrics import log_tb_metrics, write_completions_table
 from .training.temperature import TemperatureScorer
 from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
@@ -139,6 +140,13 @@ class PowerFlowTrainer(GRPOTrainer):
         finally:
             args.beta = beta
         self.beta = beta
+        if launched_world_size() != self.accelerator.num_processes:
+            raise RuntimeError(
+                f"The launcher started {launched_world_size()} processes but this trainer sees "
+                f"{self.accelerator.num_processes}: each process would train alone into the same output_dir. Build "
+                "the PowerFlowConfig inside the launched script (it joins the processes into one group), and on a "
+                "machine without a GPU launch with accelerate_configs/cpu_ddp.yaml (or a cpu_zero*.yaml)."
+            )
         if placeholder:  # environments with `get_reward` may have appended real reward sources after it
             self.reward_funcs.pop(0)
             self.reward_func_names.pop(0)

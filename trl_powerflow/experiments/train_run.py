@@ -21,21 +21,12 @@ def trainer_family(trainer: str) -> str:
 
 def prepare_distributed_environment(argv: list[str]) -> list[str]:
     """Before any config is built, on a machine without a GPU: make `accelerate launch` processes join one gloo group
-    (alone, each would train by itself, or DeepSpeed would see a world of one); and for DeepSpeed create the process
-    group early, because ZeRO-3 builds the model partitioned inside `from_pretrained`. Returns the argv to parse."""
-    import torch
+    (`training.launch_env.join_cpu_process_group`). Returns the argv to parse (with `--ddp_backend gloo` for
+    DeepSpeed on CPU unless given)."""
+    from ..training.launch_env import join_cpu_process_group
 
-    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if multi_process and not deepspeed and not torch.cuda.is_available():
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    if multi_process and deepspeed:
-        import deepspeed as ds
-
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "gloo" and not any(arg.startswith("--ddp_backend") for arg in argv):
-            argv = [*argv, "--ddp_backend", "gloo"]
-        ds.init_distributed(dist_backend=backend)
+    if join_cpu_process_group() and not any(arg.startswith("--ddp_backend") for arg in argv):
+        argv = [*argv, "--ddp_backend", "gloo"]
     return argv
 
 
