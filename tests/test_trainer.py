@@ -418,3 +418,32 @@ def test_load_best_model_at_end_restores_the_head(tiny_model_dir, tmp_path):
     assert set(state) == set(best_head)
     for key, value in best_head.items():
         torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_reused_generations_weigh_each_completion_by_its_clipped_ratio(tiny_model_dir, tmp_path):
+    """Under reuse (old log-probs from another policy), each completion's w in the trainer's loss is
+    clip(exp(S_pi - S_old), 1 - eps, 1 + eps_high), computed here from an independent forward, and the loss is
+    sum_y w r^2 / N with those w. The exact-oracle test cannot see an inverted w (the fixed point does not depend on a
+    positive per-completion weight); this one can. Seen to fail with w = exp(-log_ratio) in `clipped_weight`."""
+    args = make_args(tmp_path, num_iterations=2, epsilon=0.2, epsilon_high=0.3, log_z_init=0.0)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
+    batch = batch_of(trainer)
+    mask = batch["completion_mask"].float()
+    policy = trainer._per_token_logps(batch, base=False) * mask
+    # old policy: per-row offsets that put some ratios inside the clip range and some outside on both sides
+    offsets = torch.tensor([0.1, -0.1, 0.5, -0.5]).repeat(mask.size(0) // 4 + 1)[: mask.size(0)]
+    batch["old_per_token_logps"] = policy - offsets[:, None] * mask / mask.sum(-1, keepdim=True).clamp(min=1)
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer._compute_loss(trainer.model, batch)
+    s_pi, s_old, length = policy.sum(-1), (batch["old_per_token_logps"] * mask).sum(-1), mask.sum(-1)
+    expected_w = torch.exp(s_pi - s_old).clamp(0.8, 1.3)
+    assert (
+        (expected_w < 1).any() and (expected_w > 1).any() and (expected_w == 1.3).any() and (expected_w == 0.8).any()
+    )
+    rows = trainer._batch_rows  # (w, log Z', r, ...) per row as trained
+    torch.testing.assert_close(rows[:, 0].double(), expected_w.double(), rtol=1e-5, atol=1e-6)
+    base = (batch["base_per_token_logps"] * mask).sum(-1)
+    r = rows[:, 1].double() + (s_pi / length - trainer.alpha * base / length).double()
+    torch.testing.assert_close(rows[:, 2].double(), r, rtol=1e-4, atol=1e-5)
+    expected_loss = (expected_w.double() * r.pow(2)).sum() / (length > 0).sum() / args.steps_per_generation
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-4)

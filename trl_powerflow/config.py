@@ -36,7 +36,8 @@ class PowerFlowConfig(GRPOConfig):
         log_z_learning_rate (`float`, *optional*):
             Learning rate of the head; `None` uses `learning_rate`.
         log_z_recentre (`bool`, *optional*, defaults to `True`):
-            Re-centre the head's log Z' to its exact minimiser after every optimizer step.
+            After every optimizer step, shift log Z' to the step's loss minimiser over its constant part (with the
+            step's policy log-probs: the policy's own move in the step is not re-scored).
         log_z_detach_features (`bool`, *optional*, defaults to `False`):
             Train only the head with its loss (no gradient into the language model through its features).
         log_z_init (`float`, *optional*):
@@ -94,9 +95,11 @@ class PowerFlowConfig(GRPOConfig):
         default=True,
         metadata={
             "help": "After every optimizer step, shift the head's log Z' by minus the w-weighted mean TB residual of "
-            "that step's completions (all processes) under the updated head: the exact minimiser of the loss over "
-            "the constant part of log Z', so that part never lags the policy whatever the two learning rates (the "
-            "prompt-dependent part still learns at `log_z_learning_rate`). Only with 'head'."
+            "that step's completions (all processes) under the updated head: the exact minimiser, over the constant "
+            "part of log Z', of the step's loss for the new head with the policy log-probs the step used (the "
+            "policy's own move in the step is not re-scored; the next step's shift sees it). It shortens the path "
+            "to the fixed point, which no learning rate changes; the prompt-dependent part still learns at "
+            "`log_z_learning_rate`. Only with 'head'."
         },
     )
     log_z_detach_features: bool = field(

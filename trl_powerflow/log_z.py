@@ -248,7 +248,8 @@ class LearnedLogZ(LogZEstimator):
     def recentre(self):
         """After the optimizer step: shift log Z' by c = -sum w (r + h_new - h_old) / sum w over the step's completions
         (all processes), r the residuals the step used, h_new - h_old the head's own move on their features (h_new
-        without dropout). c = argmin_c sum_y w (r' + c)^2 for the new head: log Z' neither lags nor overshoots."""
+        without dropout). c = argmin_c sum_y w (r' + c)^2 for the new head with the step's policy log-probs: the head's
+        move does not overshoot; the policy's own move in the step is not re-scored (the next step's shift sees it)."""
         batch, self._step_batch = self._step_batch, []
         sums = torch.zeros(2, dtype=torch.float64, device=self.head.out.weight.device)
         training = self.head.training

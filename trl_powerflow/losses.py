@@ -92,7 +92,12 @@ def tb_importance_weights(
     ratio = exp(sum_t log(pi/pi_old)) for level 'sequence' (Eq. 10) or exp(mean_t log(pi/pi_old)) for
     'sequence_mean'. Without `old_logps` (on-policy), w = 1.
     """
-    log_ratio = sequence_log_ratio(policy_logps, old_logps, mask, level)
+    return clipped_weight(sequence_log_ratio(policy_logps, old_logps, mask, level), epsilon_low, epsilon_high)
+
+
+@torch.no_grad()
+def clipped_weight(log_ratio: torch.Tensor, epsilon_low: float, epsilon_high: float) -> torch.Tensor:
+    """w = clip(exp(log_ratio), 1 - epsilon_low, 1 + epsilon_high), detached: the one place w is computed."""
     return torch.exp(log_ratio).clamp(1.0 - epsilon_low, 1.0 + epsilon_high)
 
 
@@ -122,7 +127,7 @@ def powerflow_loss(
     s_base, _ = sequence_stats(base_logps, mask)
     residual = residual_from_sums(s_pi, s_base, length, log_z, alpha, psi, objective)
     log_ratio = sequence_log_ratio(policy_logps, old_logps, mask, weight_level)
-    weight = torch.exp(log_ratio).clamp(1.0 - epsilon_low, 1.0 + epsilon_high)
+    weight = clipped_weight(log_ratio, epsilon_low, epsilon_high)
     valid = (length > 0).to(residual.dtype)
     per_sequence = weight * residual.pow(2) * valid
     if num_sequences is None:
