@@ -328,3 +328,46 @@ def test_blank_prompts_fail_at_construction(tiny_model_dir, tmp_path):
             args=powerflow_args(tmp_path),
             train_dataset=Dataset.from_dict({"prompt": ["What is 1 + 1?", "   "]}),
         )
+
+
+def test_entropy_at_temperature_equals_grpo_with_logit_softcapping(tiny_model_dir, tmp_path):
+    """The logged entropy at T = 0.7 on a model whose config softcaps its logits (Gemma-2/3 style
+    `final_logit_softcapping`, which TRL's fused head applies): PowerFlow's value equals GRPOTrainer's on the same
+    micro-batch. Seen to fail when PowerFlow projected the hidden states through the bare LM head (no softcap)."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "softcapped"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["final_logit_softcapping"] = 0.1
+    (model_dir / "config.json").write_text(json.dumps(config))
+    common = dict(temperature=0.7, per_device_train_batch_size=4, gradient_checkpointing=False, disable_dropout=True)
+    pf = PowerFlowTrainer(
+        model=str(model_dir), args=powerflow_args(tmp_path / "pf", **common), train_dataset=tiny_prompt_dataset(n=8)
+    )
+    grpo_args = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"), max_completion_length=8, num_generations=4, bf16=False, use_cpu=True,
+        report_to=[], save_strategy="no", seed=0, **common,
+    )  # fmt: skip
+    grpo = GRPOTrainer(
+        model=str(model_dir), reward_funcs=zero_reward, args=grpo_args, train_dataset=tiny_prompt_dataset(n=8)
+    )
+    batch = rows(generation_batch(pf, 4), slice(0, 4))
+    for trainer in (pf, grpo):
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+    grpo._compute_loss(grpo.model, {**batch, "advantages": torch.zeros(4)})
+    pf._compute_loss(pf.model, batch)
+    ours, theirs = pf._metrics["train"]["entropy"][-1], grpo._metrics["train"]["entropy"][-1]
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    # control: the softcap matters here (entropy without it is far off)
+    with torch.no_grad():
+        hidden = pf.model.model(
+            input_ids=torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1),
+            attention_mask=torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
+        ).last_hidden_state
+        n, mask = batch["completion_ids"].size(1), batch["completion_mask"].float()
+        logp = torch.log_softmax(pf.model.lm_head(hidden[:, -n - 1 : -1]).float() / 0.7, -1)
+        bare = ((-(logp.exp() * logp).sum(-1)) * mask).sum() / mask.sum()
+    assert abs(bare.item() - theirs) > 100 * 1e-5 * theirs  # 100x the tolerance above

@@ -285,6 +285,8 @@ def test_custom_optimizer_gets_the_head_param_group(tiny_model_dir, tmp_path):
     assert optimizer.param_groups[-1]["lr"] == 0.05
     assert {id(p) for p in optimizer.param_groups[-1]["params"]} == {id(p) for p in trainer.log_z_head.parameters()}
     trainer.train()
+    # the user's group and the head's, no empty one (an extra empty group was added at create_optimizer before)
+    assert len(optimizer.param_groups) == 2 and all(group["params"] for group in optimizer.param_groups)
     with pytest.raises(ValueError, match="log-partition head"):
         PowerFlowTrainer(
             model=model,
@@ -440,10 +442,27 @@ def test_reused_generations_weigh_each_completion_by_its_clipped_ratio(tiny_mode
     assert (
         (expected_w < 1).any() and (expected_w > 1).any() and (expected_w == 1.3).any() and (expected_w == 0.8).any()
     )
-    rows = trainer._batch_rows  # (w, log Z', r, ...) per row as trained
+    rows = trainer._batch_rows["train"]  # (w, log Z', r, ...) per row as trained
     torch.testing.assert_close(rows[:, 0].double(), expected_w.double(), rtol=1e-5, atol=1e-6)
     base = (batch["base_per_token_logps"] * mask).sum(-1)
     r = rows[:, 1].double() + (s_pi / length - trainer.alpha * base / length).double()
     torch.testing.assert_close(rows[:, 2].double(), r, rtol=1e-4, atol=1e-5)
     expected_loss = (expected_w.double() * r.pow(2)).sum() / (length > 0).sum() / args.steps_per_generation
     assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-4)
+
+
+def test_eval_inside_a_generation_batch_keeps_its_target_distance(tiny_model_dir, tmp_path):
+    """A generation batch spanning two optimizer steps (steps_per_generation=2) with an eval after the first: the
+    train batch's live distance to the target is still logged once its rows are all trained, and the eval batch gets
+    its own. Seen to fail when eval and train shared one row buffer (the eval's generation reset the train rows)."""
+    args = make_args(
+        tmp_path, steps_per_generation=2, per_device_train_batch_size=4, max_steps=2, eval_strategy="steps",
+        eval_steps=1, per_device_eval_batch_size=4,
+    )  # fmt: skip
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset(), eval_dataset=dataset(4))
+    trainer.train()
+    train_logs = [e for e in trainer.state.log_history if "loss" in e]
+    eval_logs = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert len(train_logs) == 2 and len(eval_logs) == 2
+    assert "powerflow/target_kl" in train_logs[1], train_logs[1]
+    assert all("eval_powerflow/target_kl" in e for e in eval_logs), eval_logs

@@ -212,6 +212,8 @@ class LearnedLogZ(LogZEstimator):
 
     def add_to_optimizer(self, optimizer):
         head_ids = {id(p) for p in self.head.parameters()}
+        if any({id(p) for p in group["params"]} == head_ids for group in optimizer.param_groups):
+            return  # a user's optimizer: `attach` already gave the head its group
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in head_ids]
         optimizer.add_param_group(self._param_group())

@@ -153,6 +153,7 @@ class PowerFlowTrainer(GRPOTrainer):
             self.reward_processing_classes.pop(0)
             self.reward_weights = self.reward_weights[1:]
         self.alpha, self.objective, self._rewards_per_func = args.alpha, args.objective, None
+        self._batch_rows, self._last_generation_mode = {}, "train"  # per mode: the generation batch's TB rows
 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         if self.temperature != 1.0:
@@ -224,7 +225,8 @@ class PowerFlowTrainer(GRPOTrainer):
         output["num_sequences_in_batch"] = self.accelerator.gather((mask.sum(-1) > 0).sum()).sum()
         # Row of each completion in the gathered batch (GRPO's completions-table order), for the table's TB columns.
         output["row_index"] = torch.arange(num_local, device=mask.device) + rank * num_local
-        self._batch_rows = torch.full((num_local * self.accelerator.num_processes, 7), float("nan"))  # as trained
+        rows = torch.full((num_local * self.accelerator.num_processes, 7), float("nan"))  # as trained, per mode
+        self._batch_rows[mode], self._last_generation_mode = rows, mode
         process_slice = slice(rank * num_local, (rank + 1) * num_local)
         rewards = self._rewards_per_func
         psi = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)

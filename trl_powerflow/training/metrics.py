@@ -31,9 +31,10 @@ def log_tb_metrics(trainer, mode, mask, log_z, stats, entropies, kl_sum, inputs,
         ratio = torch.exp(log_ratio - log_ratio[valid].max()) if valid.any() else log_ratio  # scale-free for ESS
         step = trainer.state.global_step + (mode == "train")
         check_training_health(trainer.args, step, mode, losses, res[valid], log_z[valid], ratio, valid)
-        row, rows = row.long(), getattr(trainer, "_batch_rows", None)  # per generated row, as first trained:
+        # per generated row of this mode's batch (an eval inside a train batch keeps its own), as first trained:
+        row, rows = row.long(), trainer._batch_rows.get(mode)
         if rows is None or rows.size(0) <= row.max():  # (w, log Z', r, S_sampler, S_base, |y|, psi); set at generation
-            rows = trainer._batch_rows = torch.full((int(row.max()) + 1, 7), float("nan"))
+            rows = trainer._batch_rows[mode] = torch.full((int(row.max()) + 1, 7), float("nan"))
         first = torch.isnan(rows[row, 4])
         rows[row[first]] = torch.stack([weight, log_z, res, s_old, s_base, length, psi], dim=1)[first].float()
         rows[row[first & ~valid], :3] = float("nan")  # no TB values for rows without tokens
@@ -94,7 +95,7 @@ def write_completions_table(trainer) -> None:
     from trl.trainer.utils import print_prompt_completions_sample, strip_images_from_messages
 
     logs, step = trainer._logs, trainer.state.global_step
-    stats = getattr(trainer, "_batch_rows", None)
+    stats = trainer._batch_rows.get(trainer._last_generation_mode)  # the rows of the batch `_logs` holds
     n = len(logs["prompt"])
     if stats is None or stats.size(0) != n:  # rows from another batch (e.g. eval): no TB values for them
         stats = torch.full((n, 3), float("nan"))
