@@ -31,7 +31,8 @@ GRPO_OPTIONS_KEPT = {
     "trust_remote_code": "as in GRPO",
     "disable_dropout": "as in GRPO; also disables the log-partition head's dropout",
     "cast_lm_head_to_fp32": "as in GRPO, for the policy and the base model",
-    "num_generations": "completions per prompt (the group of the 'group' log Z estimator)",
+    "num_generations": "completions per prompt (the group of the 'group' log Z estimator); 1 is allowed with the "
+    "learned head",
     "num_generations_eval": "as in GRPO",
     "max_completion_length": "as in GRPO; completions that hit it count as terminal",
     "ds3_gather_for_generation": "as in GRPO",
@@ -39,7 +40,8 @@ GRPO_OPTIONS_KEPT = {
     "pad_to_multiple_of": "as in GRPO",
     "generation_batch_size": "as in GRPO",
     "steps_per_generation": "as in GRPO; reused generations get the clipped weight w",
-    "temperature": "sampling temperature only: the loss always uses temperature-1 log-probs (TB is off-policy)",
+    "temperature": "sampling temperature (> 0): the TB loss always uses temperature-1 log-probs (TB is off-policy); "
+    "the beta KL term and the logged entropy use it as GRPO does",
     "top_p": "sampling only; < 1 cuts the sampler's support, so the target holds only on it (warned)",
     "top_k": "sampling only; > 0 cuts the sampler's support, so the target holds only on it (warned)",
     "min_p": "sampling only; > 0 cuts the sampler's support, so the target holds only on it (warned)",
