@@ -216,16 +216,17 @@ def assert_converged(label, kl_start, kl_end, log_z, log_z_star, log_z_tolerance
 
 
 # ------------------------------------------------------------------------------------- fixed point: one prompt
-@pytest.mark.parametrize("objective", ["la_tb", "tb_traj"])
+@pytest.mark.parametrize("objective", ["la_tb", "tb_traj", "la_tb_exact"])
 @pytest.mark.parametrize("alpha", [2.0, 0.5])
 def test_trained_policy_matches_exact_fixed_point(toy_model_dir, tmp_path, alpha, objective):
+    """la_tb against its tilted fixed point; tb_traj and la_tb_exact against the pure alpha-power p^alpha / Z."""
     assert len(COMPLETIONS) == 40
     oracle = Oracle(toy_model_dir, ONE_PROMPT, alpha, objective)
     trainer = make_trainer(toy_model_dir, ONE_PROMPT, settings(tmp_path, alpha=alpha, objective=objective))
     kl_start = oracle.kl(trainer.model)
     trainer.train()
     kl_end = oracle.kl(trainer.model)
-    # The head's log Z' on the prompt reaches lambda (la_tb) or log sum p^alpha (tb_traj) ...
+    # The head's log Z' on the prompt reaches lambda (la_tb) or log sum p^alpha (tb_traj, la_tb_exact) ...
     log_z = {TOY_PROMPT: head_log_z(trainer.model, trainer.log_z_head, TOY_PROMPT)}
     assert_converged(f"alpha={alpha} {objective}", kl_start, kl_end, log_z, oracle.log_z)
     # ... and so does the value the trainer logs (its own, averaged over the last logging window).

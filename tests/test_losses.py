@@ -31,15 +31,18 @@ EXPECTED_RESIDUALS = {
     "tb_traj": [3.3, 5.3, 0.0],
     # 0.3 - 3 - 2 * (-3/2) = 0.3 ; -0.2 - 1.5 - 2 * (-1 - 0.5) = 1.3
     "tb_token": [0.3, 1.3, 0.0],
+    # the tb_traj residuals divided by |y|: 3.3 / 2 ; 5.3 / 3
+    "la_tb_exact": [1.65, 5.3 / 3, 0.0],
 }
 EXPECTED_LOSS = {  # mean of r^2 over the two rows with tokens
     "la_tb": (1.8**2 + 2.3**2) / 2,
     "tb_traj": (3.3**2 + 5.3**2) / 2,
     "tb_token": (0.3**2 + 1.3**2) / 2,
+    "la_tb_exact": (1.65**2 + (5.3 / 3) ** 2) / 2,
 }
 
 
-@pytest.mark.parametrize("objective", ["la_tb", "tb_traj", "tb_token"])
+@pytest.mark.parametrize("objective", ["la_tb", "tb_traj", "tb_token", "la_tb_exact"])
 def test_residual_and_loss_match_hand_computation(objective):
     residual = tb_residual(POLICY, BASE, MASK, LOG_Z, ALPHA, PSI, objective)
     torch.testing.assert_close(residual, torch.tensor(EXPECTED_RESIDUALS[objective]))
@@ -104,7 +107,7 @@ def test_extreme_log_ratios_do_not_overflow():
     torch.testing.assert_close(w, torch.tensor([1.2, 0.8]))
 
 
-@pytest.mark.parametrize("objective", ["la_tb", "tb_traj", "tb_token"])
+@pytest.mark.parametrize("objective", ["la_tb", "tb_traj", "tb_token", "la_tb_exact"])
 def test_group_log_z_is_the_residual_minimising_constant(objective):
     torch.manual_seed(0)
     policy, base = -torch.rand(6, 4), -torch.rand(6, 4)
@@ -119,7 +122,8 @@ def test_group_log_z_is_the_residual_minimising_constant(objective):
         grid = torch.linspace(-20, 20, 400001)
         zeros = torch.zeros(len(rows))
         r0 = tb_residual(policy[rows], base[rows], mask[rows], zeros, ALPHA, psi[rows], objective)
-        best = grid[((r0[None, :] + grid[:, None]) ** 2).sum(-1).argmin()]
+        r1 = tb_residual(policy[rows], base[rows], mask[rows], zeros + 1, ALPHA, psi[rows], objective)
+        best = grid[((r0[None, :] + grid[:, None] * (r1 - r0)[None, :]) ** 2).sum(-1).argmin()]
         assert log_z[rows[0]].item() == pytest.approx(best.item(), abs=2e-4)
 
 

@@ -1,17 +1,12 @@
 """`PowerFlowConfig`: `trl.GRPOConfig` plus the fields of the PowerFlow objective."""
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
 from .losses import OBJECTIVES
-from .training.grpo_options import GRPO_OPTIONS_REJECTED
+from .training.config_checks import LOG_Z_ESTIMATORS, WEIGHT_LEVELS, validate_powerflow
 from .training.launch_env import default_bf16_off_without_gpu, join_cpu_process_group
-
-LOG_Z_ESTIMATORS = ("head", "group")
-WEIGHT_LEVELS = ("sequence", "sequence_mean")
 
 
 @dataclass
@@ -30,7 +25,8 @@ class PowerFlowConfig(GRPOConfig):
         alpha (`float`, *optional*, defaults to `4.0`):
             Power of the target `p_base^alpha`: > 1 sharpens, < 1 flattens.
         objective (`str`, *optional*, defaults to `"la_tb"`):
-            `"la_tb"` (paper Eq. 10), `"tb_traj"` (Eq. 5-6) or `"tb_token"` (ablation).
+            `"la_tb"` (paper Eq. 10), `"tb_traj"` (Eq. 5-6), `"tb_token"` (ablation) or `"la_tb_exact"` (the TB
+            residual divided by |y|: LA-TB's per-token scale, the exact fixed point `p_base^alpha / Z`).
         log_z_estimator (`str`, *optional*, defaults to `"head"`):
             `"head"` (learned MLP on the prompt's hidden states) or `"group"` (head-free group estimate).
         log_z_learning_rate (`float`, *optional*):
@@ -73,8 +69,9 @@ class PowerFlowConfig(GRPOConfig):
         default="la_tb",
         metadata={
             "help": "Loss: 'la_tb' (length-aware TB, paper Eq. 10, per-token log-partition), 'tb_traj' (plain "
-            "trajectory balance on sequence log-probs, Eq. 5-6) or 'tb_token' (target length-averaged, policy "
-            "summed; ablation).",
+            "trajectory balance on sequence log-probs, Eq. 5-6), 'tb_token' (target length-averaged, policy "
+            "summed; ablation) or 'la_tb_exact' (the TB residual divided by |y|: LA-TB's per-token gradient scale "
+            "with TB's exact fixed point p_base^alpha / Z, no length tilt; log Z is then sequence-level).",
             "choices": list(OBJECTIVES),
         },
     )
@@ -143,7 +140,7 @@ class PowerFlowConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        self._validate_powerflow()
+        validate_powerflow(self)
         # `accelerate launch` of a user's script without a GPU: one gloo group, bf16 off (as the CLI does).
         if join_cpu_process_group() and self.ddp_backend is None:
             self.ddp_backend = "gloo"
@@ -156,76 +153,3 @@ class PowerFlowConfig(GRPOConfig):
             # checks after that one only concern vLLM importance sampling, which PowerFlow rejects above.
             if not (self.num_generations == 1 and "at least 2 generations" in str(error)):
                 raise
-
-    def _validate_powerflow(self):
-        self.alpha = _number("alpha", self.alpha, 0.0, strict=True, hint=" (e.g. 4.0 to sharpen, 0.5 to flatten)")
-        _check_choice("objective", self.objective, OBJECTIVES)
-        _check_choice("log_z_estimator", self.log_z_estimator, LOG_Z_ESTIMATORS)
-        _check_choice("tb_weight_level", self.tb_weight_level, WEIGHT_LEVELS)
-        if self.log_z_learning_rate is not None:
-            _number("log_z_learning_rate", self.log_z_learning_rate, 0.0, hint=" or None")
-        if self.log_z_init is not None:
-            _number("log_z_init", self.log_z_init, -math.inf, hint=" or None")
-        for name in ("log_z_recentre", "log_z_detach_features", "kl_at_temperature_one"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
-        if self.log_z_estimator == "group":
-            if self.log_z_learning_rate is not None or self.log_z_detach_features:
-                raise ValueError(
-                    "`log_z_learning_rate` and `log_z_detach_features` configure the learned head; they cannot be "
-                    "used with `log_z_estimator='group'`, which has no head. Unset them or use 'head'."
-                )
-            if self.num_generations is not None and self.num_generations < 2:
-                raise ValueError(
-                    "`log_z_estimator='group'` needs `num_generations` >= 2: its log Z'(q) is the mean over the "
-                    "prompt's completions, so with one completion the residual is identically zero and nothing "
-                    f"trains. Got {self.num_generations}; set num_generations >= 2 or use log_z_estimator='head' "
-                    "(which trains with one completion per prompt)."
-                )
-        for name in ("epsilon", "epsilon_high"):
-            value = getattr(self, name)
-            if value is not None and not (0 <= value < 1 if name == "epsilon" else value >= 0):
-                allowed = "in [0, 1)" if name == "epsilon" else ">= 0"
-                raise ValueError(
-                    f"`{name}` (the clip range of the TB importance weight) must be {allowed}, got {value}."
-                )
-        if self.vllm_importance_sampling_correction:
-            raise ValueError(
-                "`vllm_importance_sampling_correction=True` does not apply to PowerFlow: trajectory balance is "
-                "trained on samples from any sampler, so no correction towards vLLM's sampler is needed. Set it to "
-                "False."
-            )
-        _number("learning_rate", self.learning_rate, 0.0)
-        _number(
-            "temperature",
-            self.temperature,
-            0.0,
-            strict=True,
-            hint=" (the sampling temperature; 1.0 samples the policy itself, as the target assumes)",
-        )
-        _number("beta", self.beta, 0.0, hint=" (the weight of the KL term to the base; 0.0 turns it off)")
-        if self.num_generations is not None and self.num_generations < 1:
-            raise ValueError(f"`num_generations` must be >= 1 (completions per prompt), got {self.num_generations}.")
-        if self.max_completion_length is not None and self.max_completion_length < 1:
-            raise ValueError(f"`max_completion_length` must be >= 1, got {self.max_completion_length}.")
-        defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
-        for name, reason in GRPO_OPTIONS_REJECTED.items():
-            if getattr(self, name) != defaults[name]:
-                raise ValueError(
-                    f"`{name}={getattr(self, name)!r}` does not apply to PowerFlow: {reason} Leave it at its default "
-                    f"({defaults[name]!r})."
-                )
-
-
-def _number(name, value, minimum, strict=False, hint=""):
-    """`value` as a float after checking it is a finite real number >= (or > with `strict`) `minimum`."""
-    bound = f"{'>' if strict else '>='} {minimum:g}" if minimum > -math.inf else "finite"
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum):
-        raise ValueError(f"`{name}` must be a number {bound}{hint}, got {value!r}.")
-    return float(value)
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .losses import group_log_z, sequence_stats, tb_residual
+from .losses import group_log_z, log_z_slope, sequence_stats, tb_residual
 from .training.log_z_head import (
     LOG_Z_HEAD_ATTR,
     LogZHead,
@@ -229,14 +229,16 @@ class LearnedLogZ(LogZEstimator):
 
     @torch.no_grad()
     def _initialise(self, trainer, policy_logps, inputs, mask, log_z):
-        """Shift the head so the first batch's mean residual (over all processes) is 0; return the shift."""
+        """Shift the head by the first batch's residual-minimising constant (over all processes: the mean residual
+        becomes 0, slope-weighted for la_tb_exact); return the shift."""
         base, psi = inputs["base_per_token_logps"], inputs["psi"]
         residual = tb_residual(
             policy_logps.detach(), base, mask, log_z.detach(), trainer.alpha, psi, trainer.objective
         )
-        valid = (mask.sum(-1) > 0).float()
-        totals = trainer.accelerator.reduce(torch.stack([(residual * valid).sum(), valid.sum()]), reduction="sum")
-        delta = -(totals[0] / totals[1].clamp(min=1.0)).item()
+        slope = log_z_slope(mask.sum(-1).to(residual.dtype), trainer.objective)
+        sums = torch.stack([(slope * residual).sum(), slope.pow(2).sum()])
+        totals = trainer.accelerator.reduce(sums, reduction="sum")
+        delta = -(totals[0] / totals[1].clamp(min=1e-12)).item()
         self.head.shift(delta)
         return delta
 
@@ -244,21 +246,24 @@ class LearnedLogZ(LogZEstimator):
         if mode == "train" and self.trainer.args.log_z_recentre:
             valid = stats["valid"]
             features = torch.cat(request.features, dim=0)[valid]
-            self._step_batch.append((features, stats["weight"][valid], stats["residual"][valid], log_z[valid]))
+            slope = log_z_slope(stats["length"][valid], self.trainer.objective)
+            weight, residual = stats["weight"][valid], stats["residual"][valid]
+            self._step_batch.append((features, weight * slope, residual, log_z[valid], slope))
 
     @torch.no_grad()
     def recentre(self):
-        """After the optimizer step: shift log Z' by c = -sum w (r + h_new - h_old) / sum w over the step's completions
-        (all processes), r the residuals the step used, h_new - h_old the head's own move on their features (h_new
-        without dropout). c = argmin_c sum_y w (r' + c)^2 for the new head with the step's policy log-probs: the head's
-        move does not overshoot; the policy's own move in the step is not re-scored (the next step's shift sees it)."""
+        """After the optimizer step: shift log Z' by c = -sum w s (r + s (h_new - h_old)) / sum w s^2 over the step's
+        completions (all processes), r the residuals the step used, h_new - h_old the head's own move on their
+        features (h_new without dropout), s = dr/dlog Z (`log_z_slope`; 1 but for la_tb_exact).
+        c = argmin_c sum_y w (r' + s c)^2 for the new head with the step's policy log-probs: the head's move does
+        not overshoot; the policy's own move in the step is not re-scored (the next step's shift sees it)."""
         batch, self._step_batch = self._step_batch, []
         sums = torch.zeros(2, dtype=torch.float64, device=self.head.out.weight.device)
         training = self.head.training
         self.head.eval()
-        for features, weight, residual, old in batch:
-            moved = residual + (self.head(features) - old.detach())  # residual under the new head
-            sums += torch.stack([(weight * moved).sum(), weight.sum()]).to(sums)
+        for features, weight_slope, residual, old, slope in batch:
+            moved = residual + slope * (self.head(features) - old.detach())  # residual under the new head
+            sums += torch.stack([(weight_slope * moved).sum(), (weight_slope * slope).sum()]).to(sums)
         self.head.train(training)
         sums = self.trainer.accelerator.reduce(sums, reduction="sum")
         if sums[1] > 0:

@@ -7,7 +7,7 @@ truncated completion masked by `mask_truncated_completions`) has no residual and
 
 import torch
 
-OBJECTIVES = ("la_tb", "tb_traj", "tb_token")
+OBJECTIVES = ("la_tb", "tb_traj", "tb_token", "la_tb_exact")
 
 
 def sequence_stats(per_token_logps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +30,8 @@ def residual_from_sums(
     - la_tb:    r = log Z'(q) + S_pi/|y| - alpha * (S_base/|y| + psi)      (paper Eq. 10)
     - tb_traj:  r = log Z(q)  + S_pi     - alpha * (S_base + psi)          (paper Eq. 5-6)
     - tb_token: r = log Z(q)  + S_pi     - alpha * (S_base/|y| + psi)      (ablation)
+    - la_tb_exact: r = (log Z(q) + S_pi - alpha * (S_base + psi)) / |y|      (LA-TB's per-token scale, TB's exact
+      fixed point p_base^alpha exp(alpha psi) / Z: no length tilt)
 
     Rows with |y| = 0 get r = 0.
     """
@@ -42,8 +44,10 @@ def residual_from_sums(
         residual = log_z + s_pi / safe_len - alpha * (s_base / safe_len + psi)
     elif objective == "tb_traj":
         residual = log_z + s_pi - alpha * (s_base + psi)
-    else:
+    elif objective == "tb_token":
         residual = log_z + s_pi - alpha * (s_base / safe_len + psi)
+    else:
+        residual = (log_z + s_pi - alpha * (s_base + psi)) / safe_len
     return torch.where(length > 0, residual, torch.zeros_like(residual))
 
 
@@ -145,6 +149,13 @@ def powerflow_loss(
     return loss, stats
 
 
+def log_z_slope(length: torch.Tensor, objective: str) -> torch.Tensor:
+    """d r / d log Z per sequence: 1/|y| for la_tb_exact, 1 otherwise (0 for rows without tokens). The constant c
+    minimising sum_y w (r_y + s_y c)^2 is c = -sum_y w s_y r_y / sum_y w s_y^2."""
+    slope = 1.0 / length.clamp(min=1.0) if objective == "la_tb_exact" else torch.ones_like(length)
+    return slope * (length > 0).to(slope.dtype)
+
+
 def group_log_z(
     s_pi: torch.Tensor,
     s_base: torch.Tensor,
@@ -157,17 +168,18 @@ def group_log_z(
     r"""Head-free log-partition: the constant that minimises sum_i r_i^2 within each group of completions.
 
     log Z(q) = mean_i [ alpha * (A_base,i + psi_i) - A_pi,i ] over the completions of q with |y| > 0, where A is the
-    per-token mean (la_tb), the sum (tb_traj), or the sum for pi and the mean for the base (tb_token). Inputs are
+    per-token mean (la_tb), the sum (tb_traj), or the sum for pi and the mean for the base (tb_token); for la_tb_exact
+    the sums, weighted by 1/|y_i|^2 (`log_z_slope` squared). Inputs are
     per-sequence sums and lengths of a batch holding `num_generations` consecutive completions per prompt. Returns
     one value per completion, shape (B,), detached.
     """
     with torch.no_grad():
         zeros = torch.zeros_like(s_pi)
-        target_minus_policy = -residual_from_sums(s_pi, s_base, length, zeros, alpha, psi, objective)
-        valid = (length > 0).to(s_pi.dtype)
-        num = (target_minus_policy * valid).view(-1, num_generations).sum(-1)
-        den = valid.view(-1, num_generations).sum(-1)
-        log_z = torch.where(den > 0, num / den.clamp(min=1.0), torch.zeros_like(num))
+        residual_at_zero = residual_from_sums(s_pi, s_base, length, zeros, alpha, psi, objective)
+        slope = log_z_slope(length, objective)
+        num = -(slope * residual_at_zero).view(-1, num_generations).sum(-1)
+        den = slope.pow(2).view(-1, num_generations).sum(-1)
+        log_z = torch.where(den > 0, num / den.clamp(min=1e-12), torch.zeros_like(num))
         return log_z.repeat_interleave(num_generations)
 
 

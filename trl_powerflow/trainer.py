@@ -1,7 +1,6 @@
 """`PowerFlowTrainer`: GRPOTrainer with the reward/advantage loss replaced by length-aware trajectory balance."""
 
 import textwrap
-from types import SimpleNamespace
 
 import torch
 from accelerate.utils import is_peft_model
@@ -12,13 +11,13 @@ from trl.trainer.utils import add_fused_lm_head, get_config_model_id, use_adapte
 from .config import PowerFlowConfig
 from .data import check_prompt_dataset
 from .log_z import ESTIMATORS, HiddenStateCapture
-from .losses import k3_kl, powerflow_loss, sequence_stats
+from .losses import powerflow_loss
 from .training.base_model import copy_base_before_init, create_base_model
-from .training.checkpoint_keys import tied_parameter_names
+from .training.checkpoint_keys import tied_parameter_names, without_keys
 from .training.guards import check_local_model_path, warn_undetermined_target
-from .training.launch_env import launched_world_size
+from .training.kl_term import GRPOKLTerm
+from .training.launch_env import check_world_size
 from .training.metrics import log_tb_metrics, write_completions_table
-from .training.temperature import TemperatureScorer
 from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
@@ -140,20 +139,15 @@ class PowerFlowTrainer(GRPOTrainer):
         finally:
             args.beta = beta
         self.beta = beta
-        if launched_world_size() != self.accelerator.num_processes:
-            raise RuntimeError(
-                f"The launcher started {launched_world_size()} processes but this trainer sees "
-                f"{self.accelerator.num_processes}: each process would train alone into the same output_dir. Build "
-                "the PowerFlowConfig inside the launched script (it joins the processes into one group), and on a "
-                "machine without a GPU launch with accelerate_configs/cpu_ddp.yaml (or a cpu_zero*.yaml)."
-            )
+        check_world_size(self.accelerator)
         if placeholder:  # environments with `get_reward` may have appended real reward sources after it
             self.reward_funcs.pop(0)
             self.reward_func_names.pop(0)
             self.reward_processing_classes.pop(0)
             self.reward_weights = self.reward_weights[1:]
         self.alpha, self.objective, self._rewards_per_func = args.alpha, args.objective, None
-        self._batch_rows, self._last_generation_mode = {}, "train"  # per mode: the generation batch's TB rows
+        self._batch_rows = {}  # per mode: the TB rows of its generation batch
+        self._last_generation_mode = "train"
 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         if self.temperature != 1.0:
@@ -167,16 +161,7 @@ class PowerFlowTrainer(GRPOTrainer):
             self.ref_model = create_base_model(self, base_copy, quantization_config)
         # The policy's last hidden state, captured during the loss forward (the head's features, the scores at T).
         self.hidden_capture = HiddenStateCapture(policy.base_model)
-        # beta's KL as GRPO computes it: log-probs at the sampling temperature (unless `kl_at_temperature_one`).
-        self._kl_at_sampling_temperature = self.temperature != 1.0 and beta != 0.0 and not args.kl_at_temperature_one
-        self.temperature_scorer = self._base_scoring = None
-        if self.temperature != 1.0:
-            autocast = self.accelerator.autocast
-            self.temperature_scorer = TemperatureScorer(policy, self.temperature, args.cast_lm_head_to_fp32, autocast)
-            if self._kl_at_sampling_temperature and self.ref_model is not None:
-                ref = getattr(self.ref_model, "module", self.ref_model)
-                scorer = TemperatureScorer(ref, self.temperature, args.cast_lm_head_to_fp32, autocast)
-                self._base_scoring = (HiddenStateCapture(ref.base_model), scorer)
+        self.kl_term = GRPOKLTerm(self, policy, self.hidden_capture, beta)  # beta's term, log-probs at T as GRPO's
         self.log_z = self.log_z_estimators[args.log_z_estimator]()
         self.log_z.attach(self, policy, *optimizers)
         self.log_z_head = self.log_z.head  # the learned module (None without one)
@@ -201,13 +186,8 @@ class PowerFlowTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         # Override: add what the TB loss needs to the generation batch: base log-probs, psi(y), N, log Z inputs.
-        beta = self.beta
-        if self._kl_at_sampling_temperature:  # GRPO would score the base at T = 1 only: both come from one pass below
-            self.beta = 0.0
-        try:
+        with self.kl_term.generation(self):
             output = super()._generate_and_score_completions(inputs)
-        finally:
-            self.beta = beta
         mode = "train" if self.model.training else "eval"
         if not self.reward_funcs:  # GRPO's reward statistics are meaningless without a reward
             for key in ("reward", "reward_std", "frac_reward_zero_std"):
@@ -215,18 +195,15 @@ class PowerFlowTrainer(GRPOTrainer):
 
         mask = output["completion_mask"] * output.get("tool_mask", 1)
         num_local, rank = mask.size(0), self.accelerator.process_index
-        base_logps = output.get("ref_per_token_logps")  # already computed by GRPO when beta != 0 (at T = 1)
-        if self._kl_at_sampling_temperature:
-            base_logps, output["base_per_token_logps_at_t"] = self._per_token_logps(output, base=True, at_t=True)
-            if self.args.use_bias_correction_kl and output.get("old_per_token_logps") is not None:
-                output["old_per_token_logps_at_t"] = self._per_token_logps(output, base=False, at_t=True)[1]
-        output["base_per_token_logps"] = self._per_token_logps(output, base=True) if base_logps is None else base_logps
+        # the base at T = 1 (computed by GRPO when beta != 0 at T = 1), and at T when the KL term needs it
+        output["base_per_token_logps"] = self.kl_term.add_to_batch(self, output, output.get("ref_per_token_logps"))
         # Completions with tokens in the whole generation batch (all processes): every one weighs 1/N in the loss.
         output["num_sequences_in_batch"] = self.accelerator.gather((mask.sum(-1) > 0).sum()).sum()
         # Row of each completion in the gathered batch (GRPO's completions-table order), for the table's TB columns.
         output["row_index"] = torch.arange(num_local, device=mask.device) + rank * num_local
         rows = torch.full((num_local * self.accelerator.num_processes, 7), float("nan"))  # as trained, per mode
-        self._batch_rows[mode], self._last_generation_mode = rows, mode
+        self._batch_rows[mode] = rows
+        self._last_generation_mode = mode
         process_slice = slice(rank * num_local, (rank + 1) * num_local)
         rewards = self._rewards_per_func
         psi = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)
@@ -244,9 +221,8 @@ class PowerFlowTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         base_logps, old_logps = inputs["base_per_token_logps"], inputs.get("old_per_token_logps")
 
-        detach, keep = self.args.log_z_detach_features, self.temperature != 1.0
-        keep_grad = self._kl_at_sampling_temperature  # the KL's log-probs at T are differentiable
-        with self.hidden_capture.record(prompt_ids.size(1), detach, keep_hidden=keep, keep_grad=keep_grad) as request:
+        detach, keep, grad = self.args.log_z_detach_features, self.temperature != 1.0, self.kl_term.at_t
+        with self.hidden_capture.record(prompt_ids.size(1), detach, keep_hidden=keep, keep_grad=grad) as request:
             per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
                 model,
                 input_ids,
@@ -256,13 +232,9 @@ class PowerFlowTrainer(GRPOTrainer):
                 compute_aux_loss=self.aux_loss_enabled,
                 **{k: inputs.get(k) for k in FORWARD_KEYS},
             )
-        logps_at_t = None
-        if keep:  # GRPO logs the sampler's entropy at T (and its KL term uses log-probs at T): one LM-head pass
-            with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
-                logps_at_t, entropies = self.temperature_scorer(
-                    request.kept_hidden, input_ids, attention_mask, completion_ids.size(1)
-                )
-            request.kept_hidden.clear()
+        # GRPO logs the sampler's entropy at T (and its KL term uses log-probs at T): one LM-head pass at T != 1
+        logps_at_t, entropies_at_t = self.kl_term.loss_forward_scores(request, input_ids, attention_mask, mask.size(1))
+        entropies = entropies if entropies_at_t is None else entropies_at_t
         log_z = self.log_z.compute(self, inputs, request, per_token_logps, mask, mode)
 
         # Every completion with tokens weighs 1/N, N = their number in the generation batch over all processes,
@@ -287,20 +259,9 @@ class PowerFlowTrainer(GRPOTrainer):
             num_sequences=num_sequences,
         )
         kl_sum = None
-        if self.beta != 0.0:
-            # GRPO's KL term exactly (its default loss_type 'dapo'): per-token k3 of the log-probs at the sampling
-            # temperature, times the differentiable ratio pi/pi_old with `use_bias_correction_kl`, summed over tokens
-            # and divided by the tokens of the step.
-            policy_kl, base_kl, old_kl = per_token_logps, base_logps, old_logps
-            if self._kl_at_sampling_temperature:
-                policy_kl, base_kl = logps_at_t, inputs["base_per_token_logps_at_t"]
-                old_kl = inputs.get("old_per_token_logps_at_t")
-            per_token_kl = k3_kl(policy_kl, base_kl)
-            if self.args.use_bias_correction_kl:
-                old_kl = policy_kl.detach() if old_kl is None else old_kl
-                per_token_kl = per_token_kl * torch.exp(policy_kl - old_kl)
-            loss = loss + self.beta * (per_token_kl * mask).sum() / num_tokens
-            kl_sum = sequence_stats(per_token_kl.detach(), mask)[0]
+        if self.beta != 0.0:  # GRPO's KL term exactly (`training/kl_term.py`)
+            kl_loss, kl_sum = self.kl_term(per_token_logps, logps_at_t, inputs, mask, num_tokens)
+            loss = loss + kl_loss
         if self.aux_loss_enabled:  # MoE load balancing, as GRPOTrainer adds it
             loss = loss + self.router_aux_loss_coef * aux_loss / (
                 self.current_gradient_accumulation_steps if mode == "train" else 1.0
@@ -327,21 +288,8 @@ class PowerFlowTrainer(GRPOTrainer):
             write_completions_table(self)
 
     @torch.no_grad()
-    def _per_token_logps(self, batch, base: bool, at_t: bool = False):
-        """Temperature-1 per-token log-probs of the completions under p_base (`base=True`) or the current policy;
-        with `at_t`, the pair (at T = 1, at the sampling temperature) from the same forward."""
-        if not at_t:
-            return self._per_token_logps_at_one(batch, base)
-        capture, scorer = self._base_scoring if base and self._base_scoring else (
-            self.hidden_capture, self.temperature_scorer
-        )  # fmt: skip
-        with capture.record(batch["prompt_ids"].size(1), keep_hidden=True) as request:
-            logps = self._per_token_logps_at_one(batch, base)
-        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-        return logps, scorer(request.kept_hidden, input_ids, attention_mask, batch["completion_ids"].size(1))[0]
-
-    def _per_token_logps_at_one(self, batch, base: bool):
+    def _per_token_logps(self, batch, base: bool):
+        """Temperature-1 per-token log-probs of the completions under p_base (`base=True`) or the current policy."""
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         mode = "train" if self.model.training else "eval"
@@ -388,7 +336,4 @@ class PowerFlowTrainer(GRPOTrainer):
     def _issue_warnings_after_load(self, load_result):
         # Override: keys restored elsewhere are not missing (the head: its own file; tied weights: their source).
         restored = self.log_z.restored_keys(self.model) | tied_parameter_names(self.model)
-        missing = [key for key in load_result.missing_keys if key not in restored]
-        super()._issue_warnings_after_load(
-            SimpleNamespace(missing_keys=missing, unexpected_keys=load_result.unexpected_keys)
-        )
+        super()._issue_warnings_after_load(without_keys(load_result, restored))

@@ -1,5 +1,7 @@
 """Which keys a checkpoint's weights file leaves out on purpose (so that their absence is no warning)."""
 
+from types import SimpleNamespace
+
 from torch import nn
 
 
@@ -13,3 +15,9 @@ def tied_parameter_names(model: nn.Module) -> set:
         else:
             first[id(param)] = name
     return tied
+
+
+def without_keys(load_result, restored: set):
+    """`load_result` (missing_keys, unexpected_keys) with the keys restored elsewhere dropped from missing_keys."""
+    missing = [key for key in load_result.missing_keys if key not in restored]
+    return SimpleNamespace(missing_keys=missing, unexpected_keys=load_result.unexpected_keys)

@@ -39,3 +39,14 @@ def default_bf16_off_without_gpu(config) -> None:
     if config.bf16 is None and not config.fp16 and not is_torch_bf16_gpu_available():
         config.bf16 = False
         logger.warning("No GPU with bf16 here: training in float32 (bf16=False). Pass bf16=True to force it.")
+
+
+def check_world_size(accelerator) -> None:
+    """The trainer must see every process the launcher started, else each would train alone into one output_dir."""
+    if launched_world_size() != accelerator.num_processes:
+        raise RuntimeError(
+            f"The launcher started {launched_world_size()} processes but this trainer sees "
+            f"{accelerator.num_processes}: each process would train alone into the same output_dir. Build the "
+            "PowerFlowConfig inside the launched script (it joins the processes into one group), and on a machine "
+            "without a GPU launch with accelerate_configs/cpu_ddp.yaml (or a cpu_zero*.yaml)."
+        )

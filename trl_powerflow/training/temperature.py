@@ -25,15 +25,15 @@ class _KeptHiddenStates(nn.Module):
         if hasattr(config.get_text_config(), "output_router_logits"):
             config.get_text_config().output_router_logits = False  # the MoE aux loss belongs to the real forward
         self.config = config
-        object.__setattr__(self, "_model", model)  # not a submodule: the stand-in owns no parameters
-        object.__setattr__(self, "hidden", None)
+        self._owner = (model,)  # in a tuple, not a submodule: the stand-in owns no parameters
+        self.hidden = None
 
     @property
     def base_model(self):
         return lambda *args, **kwargs: types.SimpleNamespace(last_hidden_state=self.hidden)
 
     def get_output_embeddings(self):
-        return self._model.get_output_embeddings()
+        return self._owner[0].get_output_embeddings()
 
     def forward(self, **kwargs):  # replaced by the fused forward
         raise NotImplementedError
