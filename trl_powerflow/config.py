@@ -6,6 +6,7 @@ from trl import GRPOConfig
 
 from .losses import OBJECTIVES
 from .training.config_checks import LOG_Z_ESTIMATORS, WEIGHT_LEVELS, validate_powerflow
+from .training.divergence import ACTIONS as DIVERGENCE_ACTIONS
 from .training.launch_env import default_bf16_off_without_gpu, join_cpu_process_group
 
 
@@ -48,6 +49,8 @@ class PowerFlowConfig(GRPOConfig):
         beta (`float`, *optional*, defaults to `0.0`):
             Adds GRPO's own k3 KL term towards the base model (same value and gradient as GRPOTrainer, at any
             sampling temperature: log-probs of logits / T).
+        divergence_action (`str`, *optional*, defaults to `"warn"`):
+            What a sustained rise of the live distance to the target does: `"warn"`, `"stop"`, `"restore"`, `"off"`.
         kl_at_temperature_one (`bool`, *optional*, defaults to `False`):
             Compute that KL term from temperature-1 log-probs instead (differs from GRPO when temperature != 1).
         reward_funcs / reward_weights:
@@ -121,6 +124,16 @@ class PowerFlowConfig(GRPOConfig):
             "clip(exp(mean_t log pi/pi_old)), the per-token geometric mean (GSPO-style, less extreme for long "
             "completions). Clipped to [1 - epsilon, 1 + epsilon_high]; w = 1 when training is on-policy.",
             "choices": list(WEIGHT_LEVELS),
+        },
+    )
+    divergence_action: str = field(
+        default="warn",
+        metadata={
+            "help": "When the live distance to the target rises for good (median of the last 5 logged "
+            "`powerflow/target_kl`, else `powerflow/residual_abs_mean`, above 3x its best for 3 logs): 'warn' with "
+            "the numbers, 'stop' training, 'restore' the last checkpoint at or before the best step and stop, or "
+            "'off'.",
+            "choices": list(DIVERGENCE_ACTIONS),
         },
     )
     kl_at_temperature_one: bool = field(

@@ -14,6 +14,7 @@ from .log_z import ESTIMATORS, HiddenStateCapture
 from .losses import powerflow_loss
 from .training.base_model import copy_base_before_init, create_base_model
 from .training.checkpoint_keys import tied_parameter_names, without_keys
+from .training.divergence import DivergenceGuard
 from .training.guards import check_local_model_path, warn_undetermined_target
 from .training.kl_term import GRPOKLTerm
 from .training.launch_env import check_world_size
@@ -162,6 +163,8 @@ class PowerFlowTrainer(GRPOTrainer):
         # The policy's last hidden state, captured during the loss forward (the head's features, the scores at T).
         self.hidden_capture = HiddenStateCapture(policy.base_model)
         self.kl_term = GRPOKLTerm(self, policy, self.hidden_capture, beta)  # beta's term, log-probs at T as GRPO's
+        if args.divergence_action != "off":  # a sustained rise of the live distance to the target
+            self.add_callback(DivergenceGuard(self))
         self.log_z = self.log_z_estimators[args.log_z_estimator]()
         self.log_z.attach(self, policy, *optimizers)
         self.log_z_head = self.log_z.head  # the learned module (None without one)

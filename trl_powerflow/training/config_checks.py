@@ -6,6 +6,7 @@ import math
 from trl import GRPOConfig
 
 from ..losses import OBJECTIVES
+from .divergence import ACTIONS as DIVERGENCE_ACTIONS
 from .grpo_options import GRPO_OPTIONS_REJECTED
 
 LOG_Z_ESTIMATORS = ("head", "group")
@@ -19,6 +20,7 @@ def validate_powerflow(config) -> None:
     _check_choice("objective", config.objective, OBJECTIVES)
     _check_choice("log_z_estimator", config.log_z_estimator, LOG_Z_ESTIMATORS)
     _check_choice("tb_weight_level", config.tb_weight_level, WEIGHT_LEVELS)
+    _check_choice("divergence_action", config.divergence_action, DIVERGENCE_ACTIONS)
     if config.log_z_learning_rate is not None:
         _number("log_z_learning_rate", config.log_z_learning_rate, 0.0, hint=" or None")
     if config.log_z_init is not None:
