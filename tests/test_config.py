@@ -16,6 +16,7 @@ NEW_FIELDS = {
     "log_z_init",
     "tb_weight_level",
     "kl_at_temperature_one",
+    "divergence_action",
 }
 
 
@@ -77,6 +78,7 @@ def test_is_a_grpo_config_with_documented_fields():
         ({"beta": -0.1}, "beta"),
         ({"beta": float("inf")}, "beta"),
         ({"kl_at_temperature_one": "yes"}, "kl_at_temperature_one"),
+        ({"divergence_action": "restart"}, "divergence_action"),
         ({"num_generations": 0, "per_device_train_batch_size": 1}, "num_generations"),
     ],
 )

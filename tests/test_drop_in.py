@@ -265,6 +265,9 @@ def test_model_card_cites_powerflow(tiny_model_dir, tmp_path):
     trainer.create_model_card(model_name="tiny-powerflow")
     card = (tmp_path / "README.md").read_text()
     assert "2603.18363" in card and "2402.03300" not in card
+    assert "PowerFlow: Unlocking the Dual Nature of LLMs via Principled Distribution Matching" in card
+    # a local base is named by its directory, not as the hub id None (TRL's card without the override)
+    assert "huggingface.co/None" not in card and f"`{tiny_model_dir}`" in card
 
 
 def test_metrics_average_only_completions_with_tokens(tiny_model_dir, tmp_path):
@@ -303,12 +306,18 @@ def test_entropy_is_logged_at_the_sampling_temperature(tiny_model_dir, tmp_path)
     assert abs(entropy(temperature) - entropy(1.0)) > 1e-3  # the two temperatures are distinguishable
 
 
-def test_completions_table_shows_tb_columns_not_advantages(tiny_model_dir, tmp_path):
+def test_completions_table_shows_tb_columns_not_advantages(tiny_model_dir, tmp_path, monkeypatch):
+    """The parquet table keeps full precision; the console sample shows w, log Z', r with 2 decimals, as GRPO prints
+    its rewards (seen unrounded before)."""
     import pandas as pd
+    import trl.trainer.utils
 
+    printed = []
+    monkeypatch.setattr(trl.trainer.utils, "print_prompt_completions_sample", lambda *a: printed.append(a[-1]))
     args = powerflow_args(tmp_path, log_completions=True, num_completions_to_print=2, num_iterations=2, max_steps=2)
     trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=tiny_prompt_dataset(n=8))
     trainer.train()
+    assert printed and all(v == round(v, 2) for extra in printed for k in ("w", "log_z", "residual") for v in extra[k])
     table = pd.read_parquet(tmp_path / "completions" / "completions_00002.parquet")
     assert "advantage" not in table.columns
     assert {"w", "log_z", "residual", "prompt", "completion"} <= set(table.columns)

@@ -94,12 +94,9 @@ class PowerFlowConfig(GRPOConfig):
     log_z_recentre: bool = field(
         default=True,
         metadata={
-            "help": "After every optimizer step, shift the head's log Z' by minus the w-weighted mean TB residual of "
-            "that step's completions (all processes) under the updated head: the exact minimiser, over the constant "
-            "part of log Z', of the step's loss for the new head with the policy log-probs the step used (the "
-            "policy's own move in the step is not re-scored; the next step's shift sees it). It shortens the path "
-            "to the fixed point, which no learning rate changes; the prompt-dependent part still learns at "
-            "`log_z_learning_rate`. Only with 'head'."
+            "help": "After every optimizer step, shift the head's log Z' to the minimiser, over its constant part, "
+            "of the step's loss under the updated head with the step's policy log-probs (the policy's own move is "
+            "not re-scored). It shortens the path to the fixed point, which no learning rate changes. Only 'head'."
         },
     )
     log_z_detach_features: bool = field(
@@ -129,10 +126,8 @@ class PowerFlowConfig(GRPOConfig):
     divergence_action: str = field(
         default="warn",
         metadata={
-            "help": "When the live distance to the target rises for good (median of the last 5 logged "
-            "`powerflow/target_kl`, else `powerflow/residual_abs_mean`, above 3x its best for 3 logs): 'warn' with "
-            "the numbers, 'stop' training, 'restore' the last checkpoint at or before the best step and stop, or "
-            "'off'.",
+            "help": "On a sustained rise of the live distance to the target (training/divergence.py): 'warn', "
+            "'stop', 'restore' (the last checkpoint at or before the best step, then stop) or 'off'.",
             "choices": list(DIVERGENCE_ACTIONS),
         },
     )

@@ -1,6 +1,6 @@
 """`PowerFlowTrainer`: GRPOTrainer with the reward/advantage loss replaced by length-aware trajectory balance."""
 
-import textwrap
+import os
 
 import torch
 from accelerate.utils import is_peft_model
@@ -19,6 +19,7 @@ from .training.guards import check_local_model_path, warn_undetermined_target
 from .training.kl_term import GRPOKLTerm
 from .training.launch_env import check_world_size
 from .training.metrics import log_tb_metrics, write_completions_table
+from .training.model_card import PAPER, name_local_base
 from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
@@ -53,19 +54,7 @@ class PowerFlowTrainer(GRPOTrainer):
     _tag_names = ["trl", "powerflow"]
     log_z_estimators = ESTIMATORS  # `log_z_estimator` -> `LogZEstimator` class (a subclass may add its own)
     _name = "PowerFlow"
-    _paper = {
-        "title": "PowerFlow",  # the arXiv id, venue and authors are those of PAPER_NOTES; the full title is not there
-        "id": "2603.18363",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @inproceedings{chen2026powerflow,
-                title        = {{PowerFlow}},
-                author       = {Chen and Chen and Li and Huang},
-                booktitle    = {International Conference on Machine Learning (ICML)},
-                year         = 2026,
-                eprint       = {arXiv:2603.18363},
-            }"""),
-    }
+    _paper = PAPER  # title, arXiv id and BibTeX of the model card (`training/model_card.py`)
 
     def __init__(
         self,
@@ -313,6 +302,12 @@ class PowerFlowTrainer(GRPOTrainer):
                 return self._get_per_token_logps_and_entropies(
                     self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, **kwargs
                 )[0]
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        # Override: a local base model is named by its directory (TRL's card links the hub id `None`).
+        super().create_model_card(model_name, dataset_name, tags)
+        card = os.path.join(self.args.output_dir, "README.md")
+        name_local_base(card, get_config_model_id(self.accelerator.unwrap_model(self.model).config))
 
     # ------------------------------------------------------------------------------------------------- checkpointing
     def _save(self, output_dir=None, state_dict=None):

@@ -101,9 +101,10 @@ def write_completions_table(trainer) -> None:
         stats = torch.full((n, 3), float("nan"))
     columns = {"w": stats[:, 0].tolist(), "log_z": stats[:, 1].tolist(), "residual": stats[:, 2].tolist()}
     extra = {**logs["extra"], **columns}
-    if is_rich_available():
+    if is_rich_available():  # the console shows 2 decimals, as GRPO prints its rewards; the parquet file keeps all
+        shown = {**logs["extra"], **{k: [round(v, 2) for v in values] for k, values in columns.items()}}
         print_prompt_completions_sample(
-            logs["prompt"], logs["completion"], logs["rewards"], None, step, trainer.num_completions_to_print, extra
+            logs["prompt"], logs["completion"], logs["rewards"], None, step, trainer.num_completions_to_print, shown
         )
     table = pd.DataFrame(
         {
