@@ -141,3 +141,40 @@ def test_scripts_are_thin_shims():
 def test_command_modules_stay_thin():
     for path in (REPO / "trl_powerflow" / "cli").glob("*.py"):
         assert len(path.read_text().splitlines()) <= 300, path.name
+
+
+def test_train_help_is_grouped_powerflow_first(capsys):
+    """`train --help`: a one-line usage, then PowerFlow's options, script/data, model/PEFT, GRPO/Trainer (it was 1,500
+    ungrouped lines with PowerFlow's options near the end); `--resume_from_checkpoint` lists `last`."""
+    text = help_of(capsys, "train")
+    titles = [line for line in text.splitlines() if line.endswith("options:") or line.endswith("):")]
+    assert [t.split(" ")[0] for t in titles if not t.startswith(" ")][1:5] == ["PowerFlow", "script", "model", "GRPO"]
+    assert text.index("--alpha") < text.index("--dataset_name") < text.index("--lora_r") < text.index("--beta")
+    assert text.splitlines()[0].startswith("usage: ") and len(text.splitlines()[0]) < 120
+    resume = text[text.index("--resume_from_checkpoint") :][:400]
+    assert "`last`" in resume
+
+
+@pytest.mark.parametrize(
+    ("extra", "hint"),
+    [(["--learnin_rate", "1e-4"], "Did you mean --learning_rate?"), (["--config", "{recipe}"], "Did you mean alpha?")],
+    ids=["flag", "yaml_key"],
+)
+def test_errors_are_one_line_with_a_suggestion(tmp_path, extra, hint):
+    """A misspelled option (flag or recipe key): exit status 2 and one `error:` line with the close option, no
+    traceback; `--debug` shows the traceback."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text() + "alhpa: 2.0\n")
+    argv = [
+        console_script(),
+        "train",
+        "--output_dir",
+        str(tmp_path / "out"),
+        *[a.format(recipe=recipe) for a in extra],
+    ]
+    result = run(argv)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and hint in errors[0] and "Traceback" not in result.stderr, result.stderr[-2000:]
+    debug = run([*argv, "--debug"])
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

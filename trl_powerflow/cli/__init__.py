@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "power-sampling": ("power_sampling", "Power sampling against one-pass sampling (harness, or exactly on the toy)."),
 }
 PROG = "trl-powerflow"
+# What the commands raise for a bad input (data, recipe, option, model, checkpoint), reported as one line.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, TypeError)
 
 
 def format_help() -> str:
@@ -45,6 +47,7 @@ def format_help() -> str:
         "options:",
         f"  {'-h, --help':<{width}}show this message and exit",
         f"  {'--version':<{width}}show the version and exit",
+        f"  {'--debug':<{width}}(after the command) show the traceback of an error instead of one line",
         "",
         f"`{PROG} <command> --help` lists a command's options. `python -m trl_powerflow <command>` is the same, and",
         "`python scripts/<name>.py` still works (scripts/train.py is `trl-powerflow train`, scripts/run_experiment.py",
@@ -78,8 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             f"(`{PROG} --help` describes them).\n"
         )
         return 2
+    debug = "--debug" in rest
+    rest = [arg for arg in rest if arg != "--debug"]
     module = command_module(name)
-    module.main(rest, prog=f"{PROG} {name}")
+    try:
+        module.main(rest, prog=f"{PROG} {name}")
+    except USER_ERRORS as error:  # a bad input: one line (`--debug` shows the traceback)
+        if debug:
+            raise
+        sys.stderr.write(f"{PROG} {name}: error: {error} (--debug shows the traceback)\n")
+        return 2
     if hasattr(module, "finish"):
         module.finish()
     return 0

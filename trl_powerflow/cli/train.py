@@ -55,6 +55,7 @@ def make_parser(trainer: str = "powerflow", prog: str | None = None):
     parser = TrlParser(
         (TrainScriptArguments, config_class(trainer), ModelConfig),
         prog=prog,
+        usage="%(prog)s [--config RECIPE.yaml] [--trainer TRAINER] [--OPTION VALUE ...]",
         description=f"Train with PowerFlow or GRPO: same data, generation, logging. Options of --trainer {trainer}:",
         epilog="Other trainers' options: --trainer grpo --help, --trainer bupo_powerflow --help (BuPO), ...",
     )
@@ -62,7 +63,51 @@ def make_parser(trainer: str = "powerflow", prog: str | None = None):
         "--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS, help="YAML recipe of `option: value` lines "
         "(e.g. scripts/recipes/tiny_cpu.yaml); command-line options override it."
     )  # fmt: skip
+    group_options(parser, trainer)
     return parser
+
+
+def group_options(parser, trainer: str) -> None:
+    """`--help` in groups, the trainer's own options first: PowerFlow (or BuPO), script and data, model and PEFT, then
+    GRPO's and the Trainer's."""
+    import dataclasses
+
+    from trl import GRPOConfig, ModelConfig
+
+    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+    own = names(config_class(trainer)) - names(GRPOConfig)
+    title = "PowerFlow options" if trainer_family(trainer) == "powerflow" else "BuPO options"
+    groups = [
+        (title, own),
+        ("script and data options", names(TrainScriptArguments) | {"config"}),
+        ("model and PEFT options (trl.ModelConfig)", names(ModelConfig)),
+        ("GRPO and Trainer options (trl.GRPOConfig)", None),
+    ]
+    made = [(parser.add_argument_group(name), members) for name, members in groups if members is None or members]
+    for action in list(parser._actions):
+        if action.dest == "help":
+            continue
+        if action.dest == "resume_from_checkpoint":
+            action.help = (action.help or "") + " `last` (or true) resumes from the latest checkpoint in --output_dir."
+        for group in parser._action_groups:
+            if action in group._group_actions and not any(group is g for g, _ in made):
+                group._group_actions.remove(action)
+        target = next(g for g, members in made if members is None or action.dest in members)
+        target._group_actions.append(action)
+    parser._action_groups = [g for g in parser._action_groups if g._group_actions or g.title == "positional arguments"]
+
+
+def did_you_mean(unknown: list[str], known: list[str]) -> str:
+    """' Did you mean --learning_rate?' for each unknown option (with or without its dashes) close to a known one."""
+    import difflib
+
+    hints = []
+    for name in unknown:
+        bare = name.lstrip("-").split("=", 1)[0].replace("-", "_")
+        close = difflib.get_close_matches(bare, known, n=1, cutoff=0.75)
+        if close:
+            hints.append(f"--{close[0]}" if name.startswith("--") else close[0])
+    return f" Did you mean {', '.join(hints)}?" if hints else ""
 
 
 def trainer_choice(cli: list[str], recipe: dict) -> tuple[str, list[str]]:
@@ -108,8 +153,12 @@ def parse(argv: list[str], prog: str | None = None):
     from_config = parser.set_defaults_with_config(**recipe)
     *parsed, from_cli = parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)
     script_args, training_args, model_args = parsed
+    known = [action.dest for action in parser._actions]
     if from_cli:
-        raise ValueError(f"Unknown command-line arguments for --trainer {choice}: {from_cli}.")
+        flags = [arg for arg in from_cli if arg.startswith("--")]
+        raise ValueError(
+            f"Unknown command-line arguments for --trainer {choice}: {from_cli}.{did_you_mean(flags, known)}"
+        )
     keys = [item[2:] for item in from_config if item.startswith("--")]
     powerflow_only = {f.name for f in dataclasses.fields(PowerFlowConfig)} - {
         f.name for f in dataclasses.fields(GRPOConfig)
@@ -117,7 +166,10 @@ def parse(argv: list[str], prog: str | None = None):
     ignored = [key for key in keys if family == "grpo" and key in powerflow_only]
     unknown = [key for key in keys if key not in ignored]
     if unknown:
-        raise ValueError(f"Unknown arguments from config file: {unknown}. Remove them or fix their spelling.")
+        raise ValueError(
+            f"Unknown arguments from config file: {unknown}. Remove them or fix their spelling."
+            f"{did_you_mean(unknown, known)}"
+        )
     if ignored:
         notices.append(f"--trainer {choice} ignores the recipe's PowerFlow-only keys: {ignored}")
     if training_args.distributed_state.is_main_process:
