@@ -10,6 +10,7 @@ training, "restore" also loads the last checkpoint saved at or before the best s
 watches nothing.
 """
 
+import math
 import os
 import statistics
 
@@ -62,10 +63,11 @@ class DivergenceGuard(TrainerCallback):
             self.metric = next((name for name in WATCHED if name in logs), None)
             if self.metric is not None:
                 self.detector = DivergenceDetector(margin=WATCHED[self.metric])
-        if self.metric not in logs or any(key.startswith("eval_") for key in logs):
-            return
+        value = logs.get(self.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or any(k.startswith("eval_") for k in logs):
+            return  # not logged this time (e.g. every completion masked), or an eval log
         self.grad_norms.append(logs.get("grad_norm"))
-        if not self.detector.update(state.global_step, float(logs[self.metric])):
+        if not self.detector.update(state.global_step, float(value)):
             return
         d = self.detector
         norms = [n for n in self.grad_norms[-d.window :] if n is not None]
