@@ -183,3 +183,25 @@ def test_generate_completions_greedy_and_seeded(tiny_model_dir):
         assert not sample["truncated"] or sample["num_tokens"] == 6
     again = generate_completions(model, tokenizer, prompts, num_samples=2, max_new_tokens=6, seed=3, batch_size=1)
     assert first == again
+
+
+def test_evaluate_speaks_trls_option_names(tmp_path):
+    """`evaluate` takes TRL's names, as `train` does (--model_name_or_path, --dataset_name, --dataset_config,
+    --dataset_test_split, --config for YAML; recipe keys under either name), the earlier ones still work, and its help
+    names the six paper benchmarks."""
+    from trl_powerflow.cli import evaluate as script
+
+    new = script.parse_args(["--model_name_or_path", "m", "--dataset_name", "d", "--dataset_config", "c",
+                             "--dataset_test_split", "validation"])  # fmt: skip
+    old = script.parse_args(["--model", "m", "--dataset", "d", "--dataset_config", "c", "--split", "validation"])
+    assert (new.model, new.dataset, new.dataset_config, new.split) == (["m"], "d", "c", "validation")
+    assert vars(new) == vars(old)
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text("model_name_or_path: [m]\ndataset_name: d\nnum_samples: 2\n")
+    from_yaml = script.parse_args(["--config", str(recipe)])
+    assert (from_yaml.model, from_yaml.dataset, from_yaml.num_samples) == (["m"], "d", 2)
+    recipe.write_text("model_name_or_path: [m]\nnum_sampels: 2\n")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--config", str(recipe)])
+    help_text = script.make_parser().format_help()
+    assert all(name in help_text for name in ("MATH500", "AIME24", "AIME25", "AMC23", "OlympiadBench", "GPQA-diamond"))

@@ -1,25 +1,30 @@
 r"""`trl-powerflow evaluate` (= `python scripts/evaluate.py`): evaluate checkpoints by sampling: avg@k / pass@k
-accuracy, lengths, truncation and diversity. `--model` is a model directory, a hub id or a PEFT adapter directory
-(detected by its adapter_config.json), optionally named: `--model PowerFlow=outputs/powerflow`. Two modes:
+accuracy, lengths, truncation and diversity. The options use TRL's names, as `train` does (`--model_name_or_path`,
+`--dataset_name`, `--dataset_config`, `--dataset_test_split`, `--config` for a YAML file); the earlier `--model`,
+`--dataset`, `--split` and `--recipe` still work. `--model_name_or_path` is a model directory, a hub id or a PEFT
+adapter directory (detected by its adapter_config.json), optionally named: `--model_name_or_path
+PowerFlow=outputs/powerflow`. Two modes:
 
-1. One dataset (`--dataset`, default: the embedded tiny arithmetic dataset of `trl_powerflow.toys.tiny_models`): writes
-   the metrics, the settings and a few sample completions to `--output_json` and prints a Markdown table::
+1. One dataset (`--dataset_name`, default: the embedded tiny arithmetic dataset of `trl_powerflow.toys.tiny_models`):
+   writes the metrics, the settings and a few sample completions to `--output_json` and prints a Markdown table::
 
-    trl-powerflow evaluate --model out/powerflow --dataset HuggingFaceH4/MATH-500 --split test \
+    trl-powerflow evaluate --model_name_or_path out/powerflow --dataset_name HuggingFaceH4/MATH-500 \
+        --dataset_test_split test \
         --prompt_column problem --prompt_suffix " Put the final answer in \boxed{}." --num_samples 16 \
         --max_new_tokens 2048 --name PowerFlow --output_json out/powerflow_eval.json
 
-2. The paper's benchmarks (`--benchmark NAME[=PATH_OR_HUB_ID]`, repeatable, `all` for the six; see
+2. The paper's benchmarks (`--benchmark NAME[=PATH_OR_HUB_ID]`, repeatable: MATH500, AIME24, AIME25, AMC23,
+   OlympiadBench, GPQA-diamond, or `all` for the six; see
    `trl_powerflow.evaluation.paper_benchmarks`), for one or several `--model`s, k = 16 by default: writes each model's
    results to `--output_dir`/<name>.json and the paper's table (rows: methods; columns: benchmarks, their average;
    avg@k) to `--output_dir`/paper_table.{md,json}. `--table_from a.json b.json` only rebuilds the table::
 
-    trl-powerflow evaluate --recipe scripts/recipes/eval/paper_table.yaml
-    trl-powerflow evaluate --model Base=Qwen/Qwen2.5-Math-1.5B --benchmark all --backend vllm \
+    trl-powerflow evaluate --config scripts/recipes/eval/paper_table.yaml
+    trl-powerflow evaluate --model_name_or_path Base=Qwen/Qwen2.5-Math-1.5B --benchmark all --backend vllm \
         --max_new_tokens 3072 --output_dir outputs/paper_table
 
-`--backend vllm` samples with vLLM (optional extra: `pip install -e ".[vllm]"`); `--recipe file.yaml` reads any of
-these options from YAML (the options given on the command line win).
+`--backend vllm` samples with vLLM (optional extra: `pip install -e ".[vllm]"`); `--config file.yaml` reads any of
+these options from YAML, under either name (the options given on the command line win).
 """
 
 from __future__ import annotations
@@ -37,17 +42,28 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--recipe", default=None, help="YAML file holding any of these options.")
-    parser.add_argument("--model", action="append", help="[NAME=]model directory, hub id or PEFT adapter directory.")
+    # TRL's option names, as `train` uses them; the earlier names (--recipe, --model, --dataset, --split) still work.
+    parser.add_argument("--config", "--recipe", dest="recipe", default=None, help="YAML file of any of these options.")
+    parser.add_argument(
+        "--model_name_or_path", "--model", dest="model", action="append",
+        help="[NAME=]model directory, hub id or PEFT adapter directory (repeatable with --benchmark).",
+    )  # fmt: skip
     parser.add_argument("--base_model", default=None, help="Base model of an adapter (default: from its config).")
-    parser.add_argument("--dataset", default=None, help="Dataset name/path (default: embedded tiny dataset).")
-    parser.add_argument("--config", default=None, help="Dataset configuration name.")
-    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--dataset_name", "--dataset", dest="dataset", default=None,
+        help="Dataset hub id, local `datasets` directory or JSON/JSONL/CSV/Parquet file (default: embedded tiny set).",
+    )  # fmt: skip
+    parser.add_argument("--dataset_config", default=None, help="Dataset configuration name (hub datasets).")
+    parser.add_argument("--dataset_test_split", "--split", dest="split", default="test", help="Split to evaluate.")
     parser.add_argument("--prompt_column", default="prompt")
     parser.add_argument("--answer_column", default="answer", help="Reference answers (accuracy only if present).")
     parser.add_argument("--prompt_suffix", default=None)
     parser.add_argument("--system_prompt", default=None)
-    parser.add_argument("--benchmark", action="append", help="Paper benchmark NAME[=PATH_OR_HUB_ID], or 'all'.")
+    parser.add_argument(
+        "--benchmark", action="append",
+        help="The paper's benchmarks: MATH500, AIME24, AIME25, AMC23, OlympiadBench, GPQA-diamond, or 'all' (the "
+        "six); NAME=PATH_OR_HUB_ID reads one from elsewhere. Repeatable.",
+    )  # fmt: skip
     parser.add_argument("--table_from", nargs="+", help="Per-model result JSONs: only build the paper's table.")
     parser.add_argument("--output_dir", default=None, help="Benchmark mode: per-model JSONs and the paper's table.")
     parser.add_argument(
@@ -96,7 +112,7 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def parse_args(argv=None, prog: str | None = None):
     parser = make_parser(prog)
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", default=None)
+    pre.add_argument("--config", "--recipe", dest="recipe", default=None)
     recipe = {}
     config_path = pre.parse_known_args(argv)[0].recipe
     if config_path:
@@ -104,10 +120,14 @@ def parse_args(argv=None, prog: str | None = None):
 
         with open(config_path) as f:
             recipe = yaml.safe_load(f) or {}
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(recipe) - known)
+        names = {opt.lstrip("-"): action.dest for action in parser._actions for opt in action.option_strings}
+        names.update({action.dest: action.dest for action in parser._actions})
+        unknown = sorted(set(recipe) - set(names))
         if unknown:
-            parser.error(f"{config_path}: unknown option(s) {', '.join(unknown)}.")
+            from trl_powerflow.cli.train import did_you_mean
+
+            parser.error(f"{config_path}: unknown option(s) {', '.join(unknown)}.{did_you_mean(unknown, list(names))}")
+        recipe = {names[key]: value for key, value in recipe.items()}  # TRL names or the earlier ones
         if isinstance(recipe.get("model"), dict):
             recipe["model"] = [f"{name}={path}" for name, path in recipe["model"].items()]
         for key in LIST_OPTIONS:
@@ -119,7 +139,7 @@ def parse_args(argv=None, prog: str | None = None):
         if getattr(args, key) is None and key in recipe:
             setattr(args, key, recipe[key])
     if not args.model and not args.table_from:
-        parser.error("--model is required (or --table_from to only build the table).")
+        parser.error("--model_name_or_path is required (or --table_from to only build the table).")
     if args.backend == "vllm" and args.method != "sample":
         parser.error("--backend vllm samples one pass per completion: use --method sample.")
     if args.dataset and args.benchmark:
@@ -148,7 +168,7 @@ def load_dataset_for_eval(args):
 
     return load_prompt_dataset(
         args.dataset,
-        config=args.config,
+        config=args.dataset_config,
         split=args.split,
         prompt_column=args.prompt_column,
         prompt_suffix=args.prompt_suffix,
@@ -282,7 +302,7 @@ def main(argv=None, prog: str | None = None):
             "base_model": args.base_model,
             "backend": args.backend,
             "dataset": args.dataset or "tiny_prompt_dataset",
-            "config": args.config,
+            "config": args.dataset_config,
             "split": args.split if args.dataset else None,
             "prompt_suffix": args.prompt_suffix,
             "system_prompt": args.system_prompt,
