@@ -34,6 +34,9 @@ METHODS = {
     "save_model": ["self", "output_dir", "_internal_call"],  # overridden: the head under ZeRO-3 / FSDP sharding
     "log": ["self", "logs", "start_time"],  # overridden: the completions table
     "create_optimizer": ["self", "model"],  # overridden: the head's param group
+    "_load_best_model": ["self"],  # overridden: load_best_model_at_end restores the head too
+    "_issue_warnings_after_load": ["self", "load_result"],  # overridden: no false "missing keys" for the head
+    "create_model_card": ["self", "model_name", "dataset_name", "tags"],  # overridden: a local base named
 }
 
 # GRPOTrainer attributes read or written (set in its __init__ or training loop).
