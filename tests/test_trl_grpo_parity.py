@@ -194,7 +194,8 @@ def test_init_minimal(tiny_model_dir, reward_model_dir, tmp_path, monkeypatch):
     """Only model, reward_funcs and train_dataset: the default config is built from the model name.
 
     The default config asks for bf16 (GRPOConfig's default), which TrainingArguments refuses on a machine without a
-    bf16 GPU; GRPOTrainer is run alongside so that the check is "behaves as GRPOTrainer does here" on any machine.
+    bf16 GPU; PowerFlowConfig turns that default off there instead (with a notice). GRPOTrainer is run alongside so
+    that any other outcome is "behaves as GRPOTrainer does here" on any machine.
     """
     from trl import GRPOTrainer
 
@@ -203,8 +204,11 @@ def test_init_minimal(tiny_model_dir, reward_model_dir, tmp_path, monkeypatch):
     try:
         GRPOTrainer(**kwargs)
     except ValueError as grpo_error:
-        with pytest.raises(type(grpo_error), match=re.escape(str(grpo_error))):
-            PowerFlowTrainer(**kwargs)
+        if "bf16" not in str(grpo_error):
+            with pytest.raises(type(grpo_error), match=re.escape(str(grpo_error))):
+                PowerFlowTrainer(**kwargs)
+        else:  # PowerFlow turns a default bf16 off without a GPU, with a notice (issue: CPU users' scripts)
+            assert PowerFlowTrainer(**kwargs).args.bf16 is False
     else:
         trainer = PowerFlowTrainer(**kwargs)
         assert isinstance(trainer.args, PowerFlowConfig)

@@ -1,30 +1,10 @@
-r"""`trl-powerflow evaluate` (= `python scripts/evaluate.py`): evaluate checkpoints by sampling: avg@k / pass@k
-accuracy, lengths, truncation and diversity. The options use TRL's names, as `train` does (`--model_name_or_path`,
-`--dataset_name`, `--dataset_config`, `--dataset_test_split`, `--config` for a YAML file); the earlier `--model`,
-`--dataset`, `--split` and `--recipe` still work. `--model_name_or_path` is a model directory, a hub id or a PEFT
-adapter directory (detected by its adapter_config.json), optionally named: `--model_name_or_path
-PowerFlow=outputs/powerflow`. Two modes:
-
-1. One dataset (`--dataset_name`, default: the embedded tiny arithmetic dataset of `trl_powerflow.toys.tiny_models`):
-   writes the metrics, the settings and a few sample completions to `--output_json` and prints a Markdown table::
-
-    trl-powerflow evaluate --model_name_or_path out/powerflow --dataset_name HuggingFaceH4/MATH-500 \
-        --dataset_test_split test \
-        --prompt_column problem --prompt_suffix " Put the final answer in \boxed{}." --num_samples 16 \
-        --max_new_tokens 2048 --name PowerFlow --output_json out/powerflow_eval.json
-
-2. The paper's benchmarks (`--benchmark NAME[=PATH_OR_HUB_ID]`, repeatable: MATH500, AIME24, AIME25, AMC23,
-   OlympiadBench, GPQA-diamond, or `all` for the six; see
-   `trl_powerflow.evaluation.paper_benchmarks`), for one or several `--model`s, k = 16 by default: writes each model's
-   results to `--output_dir`/<name>.json and the paper's table (rows: methods; columns: benchmarks, their average;
-   avg@k) to `--output_dir`/paper_table.{md,json}. `--table_from a.json b.json` only rebuilds the table::
-
-    trl-powerflow evaluate --config scripts/recipes/eval/paper_table.yaml
-    trl-powerflow evaluate --model_name_or_path Base=Qwen/Qwen2.5-Math-1.5B --benchmark all --backend vllm \
-        --max_new_tokens 3072 --output_dir outputs/paper_table
-
-`--backend vllm` samples with vLLM (optional extra: `pip install -e ".[vllm]"`); `--config file.yaml` reads any of
-these options from YAML, under either name (the options given on the command line win).
+r"""`trl-powerflow evaluate` (= `python scripts/evaluate.py`): evaluate checkpoints by sampling (avg@k / pass@k
+accuracy, lengths, truncation, diversity), with TRL option names as `train` (`--model_name_or_path`, `--dataset_name`,
+`--dataset_config`, `--dataset_test_split`, `--config` YAML; the earlier `--model`, `--dataset`, `--split`, `--recipe`
+still work). A model is a directory, a hub id or a PEFT adapter directory, optionally named (`PowerFlow=out/pf`).
+One dataset (default: the embedded tiny set) writes `--output_json` and prints a table; `--benchmark` (MATH500,
+AIME24, AIME25, AMC23, OlympiadBench, GPQA-diamond, or `all`) writes one JSON per model and the paper's table to
+`--output_dir` (`--table_from a.json b.json` rebuilds it); `--backend vllm` samples with vLLM. See docs/guide.md.
 """
 
 from __future__ import annotations
