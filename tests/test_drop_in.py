@@ -380,3 +380,33 @@ def test_entropy_at_temperature_equals_grpo_with_logit_softcapping(tiny_model_di
         logp = torch.log_softmax(pf.model.lm_head(hidden[:, -n - 1 : -1]).float() / 0.7, -1)
         bare = ((-(logp.exp() * logp).sum(-1)) * mask).sum() / mask.sum()
     assert abs(bare.item() - theirs) > 100 * 1e-5 * theirs  # 100x the tolerance above
+
+
+def test_kl_at_temperature_one_uses_the_models_own_log_probs(tiny_model_dir, tmp_path):
+    """`kl_at_temperature_one=True` at T = 0.7: the KL term's k3 uses the temperature-1 log-probs (computed here by a
+    plain forward), not GRPO's at T (the value is checked through the logged `kl`, the term's per-token mean; its
+    gradient path is the T = 1 one that the GRPO-parity test checks at T = 1). Seen to fail with the option ignored
+    (the term then uses the log-probs at T)."""
+    args = powerflow_args(
+        tmp_path, temperature=0.7, beta=0.1, kl_at_temperature_one=True, gradient_checkpointing=False,
+        disable_dropout=True, log_z_init=0.0,
+    )  # fmt: skip
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=tiny_prompt_dataset(n=8))
+    assert not trainer.kl_term.at_t
+    batch = generation_batch(trainer, 4)
+    perturb(trainer.model)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer._metrics["train"].clear()
+    trainer._compute_loss(trainer.model, batch)
+    logged = trainer._metrics["train"]["kl"][-1]  # the term's per-token mean k3, as GRPO logs it
+    with torch.no_grad():
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        n, mask = batch["completion_ids"].size(1), batch["completion_mask"].float()
+        logits = trainer.model(input_ids=ids, attention_mask=attention).logits[:, -n - 1 : -1].float()
+        policy = torch.log_softmax(logits, -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+        delta = batch["base_per_token_logps"] - policy
+        kl_t1 = ((torch.exp(delta) - delta - 1) * mask).sum() / mask.sum()
+        policy_t = torch.log_softmax(logits / 0.7, -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    assert kl_t1.item() > 0 and (policy_t - policy).abs().max() > 0.01  # the two temperatures differ here
+    assert logged == pytest.approx(kl_t1.item(), rel=1e-5)
