@@ -55,7 +55,7 @@ SHAPING_PSI = torch.tensor(
 ONE_PROMPT = (TOY_PROMPT,)
 TWO_PROMPTS = (TOY_PROMPT, TOY_SECOND_PROMPT)
 WORKER = Path(__file__).resolve().parent / "exact_oracle_worker.py"
-REDUCTION = 0.95  # every training case: the exact KL(pi || pi*) must fall by at least this fraction, on every prompt
+REDUCTION = 0.97  # every training case: the exact KL(pi || pi*) must fall by at least this fraction, on every prompt
 LOG_Z_TOLERANCE = 0.05  # |log Z'(q) - lambda_q| at the end (observed <= 0.02, see report())
 
 
@@ -109,11 +109,13 @@ def kl(logp, target_logp):
 
 
 @torch.no_grad()
-def head_log_z(policy, head, prompt):
+def head_log_z(policy, head, prompt, objective="la_tb"):
     """log Z'(prompt) of a head: the head applied to the mean over the prompt's tokens of the backbone's last hidden
     state (after the final norm), the input PAPER_NOTES §4 defines. Read without padding, one prompt at a time."""
     ids = torch.tensor([prompt_ids(prompt)], device=policy.device)
     hidden = policy.base_model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    if objective == "token_balance":  # the value V(root), read on the prompt's last token
+        return head(hidden[:, -1]).item()
     return head(hidden.mean(dim=1)).item()
 
 
@@ -143,9 +145,13 @@ class Oracle:
 
 # ---------------------------------------------------------------------------------------------------- training
 def settings(output_dir, **overrides):
-    """Training settings. 64 completions per prompt and step and lr 3e-3: with 16 and 5e-3, rare completions of the
-    target were sometimes driven to ~0 early and, never sampled again, left 5-8% of the KL (seed-dependent); with 64
-    every case reached >= 96.5% over seeds 0-2. A step costs about the same at 16 or 64 completions on this toy."""
+    """Training settings: every PowerFlow field and GRPO's `disable_dropout` at their defaults (head lr = policy lr,
+    re-centring on, head dropout `log_z_dropout` 0). 64 completions per prompt and step and lr 3e-3: with 16 and 5e-3,
+    rare completions of the target were sometimes driven to ~0 early and, never sampled again, left 5-8% of the KL
+    (seed-dependent). A step costs about the same at 16 or 64 completions on this toy.
+
+    Seen to fail with the head's dropout back at 0.1 under GRPO's default `disable_dropout=False` (the previous
+    default): two_prompts ends with log Z'('q') 0.16 off its exact value (tolerance 0.05) and 97.3% on 'b a'."""
     values = dict(
         output_dir=str(output_dir),
         alpha=2.0,
@@ -153,11 +159,9 @@ def settings(output_dir, **overrides):
         num_generations=64,
         per_device_train_batch_size=64,
         learning_rate=3e-3,
-        log_z_learning_rate=5e-2,
         lr_scheduler_type="linear",
-        max_steps=120,
+        max_steps=300,
         logging_steps=10,
-        disable_dropout=True,
         gradient_checkpointing=False,
         bf16=False,
         use_cpu=True,
@@ -216,10 +220,23 @@ def assert_converged(label, kl_start, kl_end, log_z, log_z_star, log_z_tolerance
 
 
 # ------------------------------------------------------------------------------------- fixed point: one prompt
-@pytest.mark.parametrize("objective", ["la_tb", "tb_traj", "la_tb_exact"])
+VALUE_ROOT_LAGS = (
+    "token_balance at alpha 0.5 with the defaults: the policy's KL falls 97.1%, but its value V(root) ends at +1.21 "
+    "against log Z = +1.41: V(root) enters only the whole-completion residual, weighted 1/|y|^2 among the suffixes, "
+    "and the value head has no re-centring; a 10x head learning rate did not help (KL 96.4%)."
+)
+
+
+@pytest.mark.parametrize(
+    "objective",
+    ["la_tb", "tb_traj", "la_tb_exact", "token_balance"],
+)
 @pytest.mark.parametrize("alpha", [2.0, 0.5])
-def test_trained_policy_matches_exact_fixed_point(toy_model_dir, tmp_path, alpha, objective):
-    """la_tb against its tilted fixed point; tb_traj and la_tb_exact against the pure alpha-power p^alpha / Z."""
+def test_trained_policy_matches_exact_fixed_point(toy_model_dir, tmp_path, alpha, objective, request):
+    """la_tb against its tilted fixed point; tb_traj, la_tb_exact and token_balance against the pure alpha-power
+    p^alpha / Z. token_balance reads V(root) on the prompt's last token."""
+    if objective == "token_balance" and alpha == 0.5:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=VALUE_ROOT_LAGS))
     assert len(COMPLETIONS) == 40
     oracle = Oracle(toy_model_dir, ONE_PROMPT, alpha, objective)
     trainer = make_trainer(toy_model_dir, ONE_PROMPT, settings(tmp_path, alpha=alpha, objective=objective))
@@ -227,7 +244,7 @@ def test_trained_policy_matches_exact_fixed_point(toy_model_dir, tmp_path, alpha
     trainer.train()
     kl_end = oracle.kl(trainer.model)
     # The head's log Z' on the prompt reaches lambda (la_tb) or log sum p^alpha (tb_traj, la_tb_exact) ...
-    log_z = {TOY_PROMPT: head_log_z(trainer.model, trainer.log_z_head, TOY_PROMPT)}
+    log_z = {TOY_PROMPT: head_log_z(trainer.model, trainer.log_z_head, TOY_PROMPT, objective)}
     assert_converged(f"alpha={alpha} {objective}", kl_start, kl_end, log_z, oracle.log_z)
     # ... and so does the value the trainer logs (its own, averaged over the last logging window).
     last_logged = logged(trainer.state.log_history, "powerflow/log_z_mean")[-1]
@@ -236,15 +253,12 @@ def test_trained_policy_matches_exact_fixed_point(toy_model_dir, tmp_path, alpha
 
 # ---------------------------------------------------------------------------------- what users combine
 # case: (prompts, config overrides, shaping reward). The two-prompt cases keep 64 completions per prompt and step.
+TWO = dict(per_device_train_batch_size=128)
 COMBINATIONS = {
-    "two_prompts": (TWO_PROMPTS, dict(per_device_train_batch_size=128, max_steps=160), False),
-    "group_estimator": (
-        TWO_PROMPTS,
-        dict(per_device_train_batch_size=128, max_steps=160, log_z_estimator="group", log_z_learning_rate=None),
-        False,
-    ),
-    "temperature_0.7": (ONE_PROMPT, dict(temperature=0.7), False),
-    "num_iterations_2": (ONE_PROMPT, dict(num_iterations=2), False),
+    "two_prompts": (TWO_PROMPTS, TWO, False),
+    "group_estimator": (TWO_PROMPTS, dict(TWO, log_z_estimator="group"), False),
+    "temperature_0.7": (TWO_PROMPTS, dict(TWO, temperature=0.7), False),
+    "num_iterations_2": (TWO_PROMPTS, dict(TWO, num_iterations=2), False),
     "shaping_psi": (ONE_PROMPT, {}, True),
 }
 
@@ -294,7 +308,7 @@ def test_two_processes_match_exact_fixed_point(toy_model_dir, tmp_path):
     """The `two_prompts` case under `torchrun --nproc_per_node 2` (gloo on CPU), same global batch (2 x 64): the
     worker saves the final model and head, and the exact check runs here on what it saved."""
     output_dir = tmp_path / "run"
-    config = settings(output_dir, per_device_train_batch_size=64, max_steps=160)
+    config = settings(output_dir, per_device_train_batch_size=64, max_steps=300)
     del config["output_dir"]
     spec = {"prompts": list(TWO_PROMPTS), "shaping": False, "config": config}
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")

@@ -141,3 +141,23 @@ def test_effective_sample_size_and_k3():
 def test_unknown_objective_raises():
     with pytest.raises(ValueError, match="objective"):
         tb_residual(POLICY, BASE, MASK, LOG_Z, ALPHA, objective="tb_subtraj")
+
+
+def test_token_balance_suffix_residuals_match_hand_computation():
+    """Suffix balance on the rows above with values V(s_t) (row 0's padded value 9 must not matter).
+    gap = log pi - 2 log p_base: row 0 (3, 0), row 1 (1.5, 1.5, 1.5); alpha psi = (0, -1).
+    Row 0: e = ((0.3 + 3) / 2, (0.5 + 0) / 1) = (1.65, 0.5).
+    Row 1: e = ((-0.2 + 4.5 + 1) / 3, (0.1 + 3 + 1) / 2, (0.4 + 1.5 + 1) / 1) = (5.3/3, 2.05, 2.9).
+    Loss: per row the mean of e^2, then the mean over the two rows with tokens; e_0 is the la_tb_exact residual.
+    Seen to fail with the terminal value alpha psi left out, or with the suffix sums starting after their own token."""
+    from trl_powerflow.losses import suffix_balance_residuals
+
+    values = torch.tensor([[0.3, 0.5, 9.0], [-0.2, 0.1, 0.4], [0.0, 0.0, 0.0]])
+    residuals, tokens_left = suffix_balance_residuals(POLICY, BASE, MASK, values, ALPHA, PSI)
+    expected = torch.tensor([[1.65, 0.5, 0.0], [5.3 / 3, 2.05, 2.9], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(residuals, expected)
+    assert tokens_left[:2].tolist() == [[2.0, 1.0, 0.0], [3.0, 2.0, 1.0]]
+    loss, stats = powerflow_loss(POLICY, BASE, MASK, values, ALPHA, PSI, objective="token_balance")
+    row0, row1 = (1.65**2 + 0.5**2) / 2, ((5.3 / 3) ** 2 + 2.05**2 + 2.9**2) / 3
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    torch.testing.assert_close(stats["residual"], torch.tensor(EXPECTED_RESIDUALS["la_tb_exact"]))

@@ -174,8 +174,11 @@ def test_gradient_accumulation_with_reused_generations(tiny_model_dir, tmp_path)
     assert trainer.state.global_step == 4
 
 
-def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("objective", ["la_tb", "token_balance"])
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model_dir, tmp_path, objective):
+    """token_balance: the per-prefix value head is saved, restored and compared like the log-partition head."""
     kwargs = dict(
+        objective=objective,
         max_steps=4,
         save_strategy="steps",
         save_steps=2,
@@ -466,3 +469,41 @@ def test_eval_inside_a_generation_batch_keeps_its_target_distance(tiny_model_dir
     assert len(train_logs) == 2 and len(eval_logs) == 2
     assert "powerflow/target_kl" in train_logs[1], train_logs[1]
     assert all("eval_powerflow/target_kl" in e for e in eval_logs), eval_logs
+
+
+def test_token_balance_values_are_the_head_on_every_prefix(tiny_model_dir, tmp_path):
+    """The loss gets V(s_t) of every completion position t: the head on the policy's last hidden state at position
+    P - 1 + t (the prefix's last token), computed here by a separate backbone pass. Seen to fail with the value read
+    one position later (`hidden[:, P:]`), and on the prompt mean (the log-partition head's features)."""
+    import trl_powerflow.trainer as trainer_module
+
+    args = make_args(tmp_path, objective="token_balance", alpha=2.0)
+    trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
+    assert trainer.log_z_head is not None and not trainer.callback_handler.callbacks[-1].__class__.__name__.startswith(
+        "_Recentre"
+    )
+    torch.nn.init.normal_(trainer.log_z_head.out.weight)  # a zero output layer would make every position agree
+    batch = batch_of(trainer)
+    used, original = {}, trainer_module.powerflow_loss
+
+    def spy(*args, **kwargs):
+        used["values"] = args[3]
+        return original(*args, **kwargs)
+
+    trainer_module.powerflow_loss = spy
+    try:
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.model.eval()
+        trainer._compute_loss(trainer.model, batch)
+    finally:
+        trainer_module.powerflow_loss = original
+    values = used["values"]
+    prompt_length, completion_length = batch["prompt_ids"].size(1), batch["completion_ids"].size(1)
+    assert values.shape == (batch["completion_ids"].size(0), completion_length)
+    with torch.no_grad():
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        hidden = trainer.model.base_model(input_ids=ids, attention_mask=attention).last_hidden_state
+        trainer.log_z_head.eval()
+        expected = trainer.log_z_head(hidden[:, prompt_length - 1 : -1])
+    torch.testing.assert_close(values.detach(), expected, atol=1e-5, rtol=1e-5)

@@ -5,19 +5,19 @@ r"""log Z'(q), the per-token log-partition of the LA-TB target: one interface, t
   re-centred after each optimizer step and saved beside the weights.
 - `GroupLogZ` (`'group'`): no parameters; the residual-minimising constant over the G completions of each prompt,
   `log Z'(q) = mean_i [alpha (S_base,i/|y_i| + psi_i) - S_pi,i/|y_i|]` (`losses.group_log_z`).
+- `LearnedValue` (`objective='token_balance'`, `training/value_head.py`): the same head read at every completion
+  prefix, V_phi(s_t).
 
 `PowerFlowTrainer` talks to both through `LogZEstimator` and never asks which one it has. The policy's last hidden
 state reaches the head (and the trainer's entropy metric) through `HiddenStateCapture`, a context manager BuPO reuses.
 """
-
-import dataclasses
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
 from .losses import group_log_z, log_z_slope, sequence_stats, tb_residual
+from .training.hidden_capture import HiddenStateCapture, LogZRequest  # noqa: F401  (re-exported)
 from .training.log_z_head import (
     LOG_Z_HEAD_ATTR,
     LogZHead,
@@ -28,51 +28,6 @@ from .training.log_z_head import (
     save_head,
     with_log_z,
 )
-
-
-@dataclasses.dataclass
-class LogZRequest:
-    """One recorded policy forward: the prompt length, whether the head's features are detached, the backbone's last
-    hidden state (set by the capture hook, consumed by the head), the head's outputs and inputs (one per chunk) and,
-    with `keep_hidden`, every forward's hidden state (detached unless `keep_grad`)."""
-
-    prompt_length: int
-    detach_features: bool = False
-    keep_hidden: bool = False
-    keep_grad: bool = False
-    hidden: torch.Tensor | None = None
-    log_z: list = dataclasses.field(default_factory=list)
-    features: list = dataclasses.field(default_factory=list)
-    kept_hidden: list = dataclasses.field(default_factory=list)
-
-    def value(self) -> torch.Tensor:
-        if not self.log_z:
-            raise RuntimeError("The policy forward did not reach the log-partition head (no hidden state captured).")
-        return torch.cat(self.log_z, dim=0)
-
-
-class HiddenStateCapture:
-    """A forward hook on the policy's backbone: inside `with capture.record(prompt_length) as request`, each backbone
-    forward leaves its last hidden state on `request` (no extra pass). Outside `record` it does nothing."""
-
-    def __init__(self, backbone: nn.Module):
-        self.request: LogZRequest | None = None
-        backbone.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output):
-        if self.request is not None:
-            self.request.hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-            if self.request.keep_hidden:
-                hidden = self.request.hidden
-                self.request.kept_hidden.append(hidden if self.request.keep_grad else hidden.detach())
-
-    @contextmanager
-    def record(self, prompt_length: int, detach_features: bool = False, keep_hidden: bool = False, keep_grad=False):
-        self.request = LogZRequest(prompt_length, detach_features, keep_hidden, keep_grad)
-        try:
-            yield self.request
-        finally:
-            self.request = None
 
 
 class LogZEstimator:
@@ -169,8 +124,7 @@ class LearnedLogZ(LogZEstimator):
         self.trainer, args = trainer, trainer.args
         with torch.random.fork_rng(devices=[]):  # seeded: identical on every process
             torch.manual_seed(args.seed)
-            dropout = 0.0 if args.disable_dropout else 0.1
-            head = LogZHead(policy.config.get_text_config().hidden_size, dropout, init=args.log_z_init)
+            head = LogZHead(policy.config.get_text_config().hidden_size, args.log_z_dropout, init=args.log_z_init)
         lm_head = policy.get_output_embeddings()  # beside it: with `device_map` the features are moved there too
         head.to(lm_head.weight.device if lm_head is not None else trainer.accelerator.device)
         setattr(policy, LOG_Z_HEAD_ATTR, head)

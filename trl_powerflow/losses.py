@@ -7,7 +7,10 @@ truncated completion masked by `mask_truncated_completions`) has no residual and
 
 import torch
 
-OBJECTIVES = ("la_tb", "tb_traj", "tb_token", "la_tb_exact")
+from .training.token_balance import suffix_balance_loss_per_sequence, suffix_balance_residuals
+
+OBJECTIVES = ("la_tb", "tb_traj", "tb_token", "la_tb_exact", "token_balance")
+EXACT_OBJECTIVES = ("tb_traj", "la_tb_exact", "token_balance")  # fixed point p_base^alpha exp(alpha psi) / Z
 
 
 def sequence_stats(per_token_logps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,6 +35,7 @@ def residual_from_sums(
     - tb_token: r = log Z(q)  + S_pi     - alpha * (S_base/|y| + psi)      (ablation)
     - la_tb_exact: r = (log Z(q) + S_pi - alpha * (S_base + psi)) / |y|      (LA-TB's per-token scale, TB's exact
       fixed point p_base^alpha exp(alpha psi) / Z: no length tilt)
+    - token_balance: as la_tb_exact, with log Z(q) = V(root) (the whole-completion term of `suffix_balance_residuals`)
 
     Rows with |y| = 0 get r = 0.
     """
@@ -46,7 +50,7 @@ def residual_from_sums(
         residual = log_z + s_pi - alpha * (s_base + psi)
     elif objective == "tb_token":
         residual = log_z + s_pi - alpha * (s_base / safe_len + psi)
-    else:
+    else:  # la_tb_exact, token_balance
         residual = (log_z + s_pi - alpha * (s_base + psi)) / safe_len
     return torch.where(length > 0, residual, torch.zeros_like(residual))
 
@@ -121,6 +125,10 @@ def powerflow_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""PowerFlow loss sum_y[w(y) * r(y)^2] / N over the sequences with |y| > 0.
 
+    For `objective='token_balance'`, `log_z` is the value V(s_t) of every completion prefix, shape (B, T), and r(y)^2
+    is the per-sequence mean of the squared suffix residuals (`suffix_balance_residuals`); the returned `residual` is
+    the whole-completion one, e_0.
+
     N is `num_sequences` when given (the trainer passes this micro-batch's share of the completions with tokens in the
     whole batch, so that every completion weighs the same whatever the split), else the number of valid rows here.
     Returns the scalar loss (0, still differentiable, when no row has tokens) and detached per-sequence tensors
@@ -129,11 +137,17 @@ def powerflow_loss(
     """
     s_pi, length = sequence_stats(policy_logps, mask)
     s_base, _ = sequence_stats(base_logps, mask)
-    residual = residual_from_sums(s_pi, s_base, length, log_z, alpha, psi, objective)
+    if objective == "token_balance":
+        residuals, _ = suffix_balance_residuals(policy_logps, base_logps, mask, log_z, alpha, psi)
+        squared = suffix_balance_loss_per_sequence(residuals, mask)
+        residual = residual_from_sums(s_pi, s_base, length, log_z[:, 0], alpha, psi, objective)
+    else:
+        residual = residual_from_sums(s_pi, s_base, length, log_z, alpha, psi, objective)
+        squared = residual.pow(2)
     log_ratio = sequence_log_ratio(policy_logps, old_logps, mask, weight_level)
     weight = clipped_weight(log_ratio, epsilon_low, epsilon_high)
     valid = (length > 0).to(residual.dtype)
-    per_sequence = weight * residual.pow(2) * valid
+    per_sequence = weight * squared * valid
     if num_sequences is None:
         num_sequences = valid.sum().clamp(min=1.0)
     loss = per_sequence.sum() / num_sequences
@@ -150,9 +164,10 @@ def powerflow_loss(
 
 
 def log_z_slope(length: torch.Tensor, objective: str) -> torch.Tensor:
-    """d r / d log Z per sequence: 1/|y| for la_tb_exact, 1 otherwise (0 for rows without tokens). The constant c
-    minimising sum_y w (r_y + s_y c)^2 is c = -sum_y w s_y r_y / sum_y w s_y^2."""
-    slope = 1.0 / length.clamp(min=1.0) if objective == "la_tb_exact" else torch.ones_like(length)
+    """d r / d log Z per sequence: 1/|y| for la_tb_exact and token_balance's root term, 1 otherwise (0 for rows
+    without tokens). The constant c minimising sum_y w (r_y + s_y c)^2 is c = -sum_y w s_y r_y / sum_y w s_y^2."""
+    per_token = objective in ("la_tb_exact", "token_balance")
+    slope = 1.0 / length.clamp(min=1.0) if per_token else torch.ones_like(length)
     return slope * (length > 0).to(slope.dtype)
 
 

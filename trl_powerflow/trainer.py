@@ -20,6 +20,7 @@ from .training.kl_term import GRPOKLTerm
 from .training.launch_env import check_world_size
 from .training.metrics import log_tb_metrics, write_completions_table
 from .training.model_card import PAPER, name_local_base
+from .training.value_head import LearnedValue
 from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
@@ -52,7 +53,7 @@ class PowerFlowTrainer(GRPOTrainer):
     """
 
     _tag_names = ["trl", "powerflow"]
-    log_z_estimators = ESTIMATORS  # `log_z_estimator` -> `LogZEstimator` class (a subclass may add its own)
+    log_z_estimators = {**ESTIMATORS, "value": LearnedValue}  # `log_z_estimator` (or "value") -> `LogZEstimator`
     _name = "PowerFlow"
     _paper = PAPER  # title, arXiv id and BibTeX of the model card (`training/model_card.py`)
 
@@ -154,7 +155,8 @@ class PowerFlowTrainer(GRPOTrainer):
         self.kl_term = GRPOKLTerm(self, policy, self.hidden_capture, beta)  # beta's term, log-probs at T as GRPO's
         if args.divergence_action != "off":  # a sustained rise of the live distance to the target
             self.add_callback(DivergenceGuard(self))
-        self.log_z = self.log_z_estimators[args.log_z_estimator]()
+        # token_balance reads the head at every prefix (V(s_t)); the other objectives read it once per prompt
+        self.log_z = self.log_z_estimators["value" if args.objective == "token_balance" else args.log_z_estimator]()
         self.log_z.attach(self, policy, *optimizers)
         self.log_z_head = self.log_z.head  # the learned module (None without one)
         if self.use_vllm:
@@ -260,6 +262,7 @@ class PowerFlowTrainer(GRPOTrainer):
             )
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
+        log_z = log_z[:, 0] if log_z.dim() == 2 else log_z  # token_balance: V(root) = log Z(q) is what is logged
         self._log_tb_metrics(mode, mask, log_z, stats, entropies, kl_sum, inputs, loss)
         self.log_z.on_loss(stats, log_z, request, mode)
         return loss

@@ -25,9 +25,16 @@ def validate_powerflow(config) -> None:
         _number("log_z_learning_rate", config.log_z_learning_rate, 0.0, hint=" or None")
     if config.log_z_init is not None:
         _number("log_z_init", config.log_z_init, -math.inf, hint=" or None")
+    if _number("log_z_dropout", config.log_z_dropout, 0.0, hint=" and < 1") >= 1.0:
+        raise ValueError(f"`log_z_dropout` must be a number >= 0 and < 1, got {config.log_z_dropout!r}.")
     for name in ("log_z_recentre", "log_z_detach_features", "kl_at_temperature_one"):
         if not isinstance(getattr(config, name), bool):
             raise ValueError(f"`{name}` must be True or False, got {getattr(config, name)!r}.")
+    if config.objective == "token_balance" and config.log_z_estimator != "head":
+        raise ValueError(
+            "`objective='token_balance'` learns a value V(s) for every completion prefix with the head; a group "
+            "estimate gives only V(root). Use log_z_estimator='head' or another objective (e.g. 'la_tb_exact')."
+        )
     if config.log_z_estimator == "group":
         if config.log_z_learning_rate is not None or config.log_z_detach_features:
             raise ValueError(

@@ -29,7 +29,7 @@ GRPO_OPTIONS_REJECTED = {
 GRPO_OPTIONS_KEPT = {
     "model_init_kwargs": "as in GRPO; also used to load the frozen base model from the policy's path",
     "trust_remote_code": "as in GRPO",
-    "disable_dropout": "as in GRPO; also disables the log-partition head's dropout",
+    "disable_dropout": "as in GRPO (the log-partition head's dropout is `log_z_dropout`, 0 by default)",
     "cast_lm_head_to_fp32": "as in GRPO, for the policy and the base model",
     "num_generations": "completions per prompt (the group of the 'group' log Z estimator); 1 is allowed with the "
     "learned head",

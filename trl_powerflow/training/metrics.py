@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from ..losses import effective_sample_size, sequence_stats
+from ..losses import EXACT_OBJECTIVES, effective_sample_size, sequence_stats
 from .guards import check_training_health
 from .target_distance import target_distance_metrics
 
@@ -64,13 +64,15 @@ def log_tb_metrics(trainer, mode, mask, log_z, stats, entropies, kl_sum, inputs,
 
 
 def log_target_distance(trainer, mode, rows) -> None:
-    """The live distance to the LA-TB fixed point (`target_distance.py`) from the generation batch's rows in group
-    order. Only for `objective='la_tb'` sampled at temperature 1: the estimate needs the sampler's own log-probs."""
-    if trainer.objective != "la_tb" or trainer.temperature != 1.0:
+    """The live distance to the objective's fixed point (`target_distance.py`) from the generation batch's rows in
+    group order: LA-TB's tilted one, or the exact p_base^alpha exp(alpha psi) / Z of tb_traj, la_tb_exact and
+    token_balance (not tb_token). Only sampled at temperature 1: the estimate needs the sampler's own log-probs."""
+    exact = trainer.objective in EXACT_OBJECTIVES
+    if not (exact or trainer.objective == "la_tb") or trainer.temperature != 1.0:
         return
     size = trainer.num_generations if mode == "train" else trainer.num_generations_eval
     _, _, _, s_sampler, s_base, length, psi = rows.unbind(1)
-    values = target_distance_metrics(s_sampler, s_base, length, trainer.alpha, size, psi=psi, valid=length > 0)
+    values = target_distance_metrics(s_sampler, s_base, length, trainer.alpha, size, psi, length > 0, tilt=not exact)
     for name, value in values.items():
         trainer._metrics[mode][name].append(value)
 

@@ -1,4 +1,5 @@
-r"""A live estimate of how far the policy is from the LA-TB fixed point, from one step's on-policy samples.
+r"""A live estimate of how far the policy is from the LA-TB fixed point (or, `tilt=False`, from the exact target of
+the other objectives), from one step's on-policy samples.
 
 Per prompt q the LA-TB fixed point (PAPER_NOTES §3) is
 
@@ -123,6 +124,7 @@ def target_distance(
     psi: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
     old_s_pi: torch.Tensor | None = None,
+    tilt: bool = True,
 ) -> TargetDistance:
     r"""Estimate lambda_q, KL(pi || pi*) and the length distortion per prompt from per-sequence sums.
 
@@ -165,6 +167,11 @@ def target_distance(
     `old_s_pi`, the lambda equation has the same Jensen bias and the self-normalised KL an extra O(1/G) one; without
     `old_s_pi` on samples drawn by pi_old, the estimates take pi for the sampler and are biased by the pi/pi_old
     mismatch, however large G (it grows with the number of optimiser steps since the samples were drawn).
+
+    With `tilt=False` the target is the exact one of tb_traj / la_tb_exact / token_balance,
+    pi*(y) = exp(alpha (S_base + psi)) / Z (psi once per sequence, no length tilt): the same estimates with every
+    |y| replaced by 1 in the root and the KL, so lambda_hat estimates log Z(q) (sequence-level) and the distortion is
+    0; the length statistics stay those of |y| under pi*.
     """
     if s_pi.dim() != 1 or s_pi.numel() % group_size != 0:
         raise ValueError(
@@ -183,8 +190,9 @@ def target_distance(
         return torch.where(ok, x, torch.zeros_like(x)).view(-1, group_size)
 
     okg = ok.view(-1, group_size)
-    target = grouped(alpha * (s_base + psi * length))
-    len_g = torch.where(okg, grouped(length), torch.ones_like(target))
+    tilt_length = length if tilt else torch.ones_like(length)  # the |y| of the target's exp(-lambda |y|)
+    target = grouped(alpha * (s_base + psi * tilt_length))
+    len_g = torch.where(okg, grouped(tilt_length), torch.ones_like(target))
     log_w = target - grouped(log_q)
     lam = solve_tilt_root(log_w, len_g, okg)
     empty = ~okg.any(-1)
@@ -195,10 +203,13 @@ def target_distance(
     log_w_norm = torch.log_softmax(torch.where(okg, log_w - lam_safe.unsqueeze(-1) * len_g, neg_inf), dim=-1)
     log_w_norm = torch.where(okg, log_w_norm, neg_inf)  # all -inf rows of an empty group give NaN; masked anyway
     w = log_w_norm.exp()
-    length_mean = (w * len_g).sum(-1)
-    centred = torch.where(okg, len_g - length_mean.unsqueeze(-1), torch.zeros_like(len_g))
+    true_len = torch.where(okg, grouped(length), torch.ones_like(target))
+    length_mean = (w * true_len).sum(-1)
+    centred = torch.where(okg, true_len - length_mean.unsqueeze(-1), torch.zeros_like(true_len))
     length_var = (w * centred.pow(2)).sum(-1)
     distortion = torch.logsumexp(log_w_norm + lam_safe.unsqueeze(-1) * centred, dim=-1).clamp(min=0.0)
+    if not tilt:
+        distortion = torch.zeros_like(distortion)
     n = okg.sum(-1).to(f64)
     ess = 1.0 / (n * w.pow(2).sum(-1))
 
@@ -215,7 +226,7 @@ def target_distance(
         "length_mean": length_mean,
         "length_var": length_var,
         "length_distortion": distortion,
-        "length_distortion_quadratic": 0.5 * lam_safe.pow(2) * length_var,
+        "length_distortion_quadratic": 0.5 * lam_safe.pow(2) * length_var * tilt,
         "ess": ess,
     }
     out = {k: torch.where(empty, nan, v) for k, v in out.items()}
@@ -231,10 +242,11 @@ def target_distance_metrics(
     psi: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
     old_s_pi: torch.Tensor | None = None,
+    tilt: bool = True,
 ) -> dict[str, float]:
     """Batch means over the prompts of `target_distance`, for logging: `powerflow/target_lambda`,
     `powerflow/target_kl`, `powerflow/length_distortion`, `powerflow/target_length` (E*|y|) and `powerflow/target_ess`
     (names in `METRIC_NAMES`). Groups without a valid row are left out of the means; a value is NaN when no group has
     one. Call it on the per-sequence stats gathered over all processes, so that each group is whole."""
-    est = target_distance(s_pi, s_base, length, alpha, group_size, psi=psi, valid=valid, old_s_pi=old_s_pi)
+    est = target_distance(s_pi, s_base, length, alpha, group_size, psi, valid, old_s_pi, tilt)
     return {name: float(getattr(est, field).nanmean()) for field, name in METRIC_NAMES.items()}
