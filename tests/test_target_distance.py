@@ -400,3 +400,22 @@ def test_runs_fast():
         -200 * torch.rand(n, generator=gen), -200 * torch.rand(n, generator=gen), torch.randint(1, 500, (n,)), 4.0, 16
     )
     assert time.perf_counter() - start < 1.0
+
+
+def test_untilted_target_distance_is_exact_at_the_pure_power():
+    """tilt=False (tb_traj, la_tb_exact, token_balance): for a policy equal to exp(alpha (S_base + psi)) / Z, every
+    sample has the same log weight log Z, so lambda_hat = log Z and KL_hat = 0 for any group size and lengths, and
+    the distortion is 0. Seen to fail with `tilt` ignored (lambda then solves a length-tilted equation)."""
+    from trl_powerflow.training.target_distance import target_distance
+
+    torch.manual_seed(0)
+    s_base = -torch.rand(8, dtype=torch.float64) * 5
+    psi = torch.rand(8, dtype=torch.float64)
+    length = torch.tensor([1.0, 2, 3, 4, 2, 5, 1, 3], dtype=torch.float64)
+    log_z = torch.tensor([-1.3, 0.7], dtype=torch.float64).repeat_interleave(4)
+    s_pi = 2.0 * (s_base + psi) - log_z
+    est = target_distance(s_pi, s_base, length, 2.0, 4, psi=psi, tilt=False)
+    torch.testing.assert_close(est.lambda_hat, torch.tensor([-1.3, 0.7], dtype=torch.float64))
+    torch.testing.assert_close(est.kl, torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert est.length_distortion.abs().max() == 0
+    torch.testing.assert_close(est.length_mean, torch.tensor([2.5, 2.75], dtype=torch.float64))
