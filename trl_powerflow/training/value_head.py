@@ -3,8 +3,8 @@
 import torch
 
 from ..log_z import LearnedLogZ
-from .token_balance import suffix_balance_residuals
 from .log_z_head import with_log_z
+from .token_balance import suffix_balance_residuals
 
 
 class LearnedValue(LearnedLogZ):
