@@ -89,7 +89,14 @@ def test_waste_quick(quick_results):
 
 def test_convergence_quick(quick_results):
     result = quick_results["convergence"]
-    assert set(result["summary"]) == {"la_tb/head", "la_tb/group", "tb_traj/head", "tb_traj/group"}
+    assert set(result["summary"]) == {
+        "la_tb/head",
+        "la_tb/group",
+        "tb_traj/head",
+        "tb_traj/group",
+        "la_tb_exact/head",
+        "token_balance/head",
+    }
     for run in result["runs"]:
         assert run["kl_start"] > 0
         assert run["curve"][0]["step"] == 0 and run["curve"][-1]["step"] == result["meta"]["steps"]
