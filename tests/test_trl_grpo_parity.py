@@ -352,10 +352,13 @@ def test_training_multiple_iterations(tiny_model_dir, reward_model_dir, tmp_path
 
 
 def test_training_steps_per_generation(tiny_model_dir, tmp_path):
+    """Three steps, not GRPO's two: each step holds two completions of one prompt, whose mean residual the head's
+    first-batch shift (and each re-centring) sets to 0, so the zero-initialised output layer gets no gradient at step
+    1 and the head's body none until step 3 (with two steps the body stays put; seen)."""
     trainer = PowerFlowTrainer(
         model=tiny_model_dir,
         reward_funcs=length_reward,
-        args=args_for(tmp_path, per_device_train_batch_size=2, steps_per_generation=2),
+        args=args_for(tmp_path, per_device_train_batch_size=2, steps_per_generation=2, max_steps=3),
         train_dataset=standard_dataset(),
     )
     train_and_check(trainer)
