@@ -169,6 +169,8 @@ ARMS = {
     "grpo_beta0": ("grpo", {"beta": 0.0}, True),
     "powerflow_shaped": ("powerflow", {}, True),
     "powerflow_group": ("powerflow", {"log_z_estimator": "group"}, False),
+    "powerflow_la_tb_exact": ("powerflow", {"objective": "la_tb_exact"}, False),
+    "powerflow_token_balance": ("powerflow", {"objective": "token_balance"}, False),
     # A/A controls: identical to an arm above, in their own process; their ratio shows the process-to-process noise.
     "grpo_beta_aa": ("grpo", {"beta": 0.04}, True),
     "powerflow_aa": ("powerflow", {}, False),
@@ -180,6 +182,8 @@ ARM_LABELS = {
     "grpo_beta0": "GRPO beta=0",
     "powerflow_shaped": "PowerFlow + same reward as psi",
     "powerflow_group": "PowerFlow (group log Z)",
+    "powerflow_la_tb_exact": "PowerFlow, objective la_tb_exact",
+    "powerflow_token_balance": "PowerFlow, objective token_balance (value head)",
     "grpo_beta_aa": "GRPO beta=0.04 (A/A copy)",
     "powerflow_aa": "PowerFlow (A/A copy)",
 }

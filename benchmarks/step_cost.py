@@ -7,7 +7,8 @@ Arms (same tiny model, data, batch, generation settings and seed; completions fo
   powerflow    PowerFlowTrainer, label-free (its default: no reward function, no reward computed), learned head
   grpo_beta    GRPOTrainer, beta = 0.04 (also runs the frozen reference model's forward), cheap reward
   grpo_beta0   GRPOTrainer, beta = 0 (no reference forward), same cheap reward
-  (optional: powerflow_shaped = PowerFlow with the same cheap reward as psi; powerflow_group = group log Z)
+  (optional: powerflow_shaped = PowerFlow with the same cheap reward as psi; powerflow_group = group log Z;
+  powerflow_la_tb_exact, powerflow_token_balance = the other objectives, also timed against `powerflow`)
 
 Arms run in separate processes, interleaved step by step with the order rotated every round (see `_bench.py`).
 Reported per grid point: median step time per arm, the median of the per-round ratios with a bootstrap 95% interval,
@@ -40,6 +41,7 @@ DEFAULT_OUT = os.path.join(_bench.REPO_DIR, "docs", "benchmarks")
 CENTER = {"model": "s", "completion_length": 64, "num_generations": 8, "prompts_per_step": 2}
 MAIN_ARMS = ["powerflow", "grpo_beta", "grpo_beta0"]
 TARGET_RATIO = 1.05
+OBJECTIVE_ARMS = ("powerflow_la_tb_exact", "powerflow_token_balance")  # checked against `powerflow` (LA-TB)
 
 
 def grid(mode):
@@ -132,6 +134,7 @@ def summarize_point(records, warmup):
     ratios, cpu_ratios = {}, {}
     pairs = [("powerflow", "grpo_beta"), ("powerflow", "grpo_beta0"), ("grpo_beta", "grpo_beta0")]
     pairs += [(a, "grpo_beta") for a in arms if a not in ("powerflow", "grpo_beta", "grpo_beta0")]
+    pairs += [(a, "powerflow") for a in arms if a in OBJECTIVE_ARMS]  # each objective against LA-TB's step
     for num, den in pairs:
         if num in times and den in times:
             ratios[f"{num}/{den}"] = ratio_summary(times[num], times[den])
@@ -171,6 +174,9 @@ def check_targets(point):
         bound = point["implied_one_forward_ratio"]["median"]
         m, (lo, hi) = r["powerflow/grpo_beta0"]["median"], r["powerflow/grpo_beta0"]["ci95"]
         t["time_vs_grpo_beta0<=implied"] = {"met": m <= bound, "confident": lo <= bound, "bound": bound}
+    for arm in OBJECTIVE_ARMS:
+        if f"{arm}/powerflow" in r:
+            t[f"{arm}_vs_la_tb<=1.05"] = {"met": r[f"{arm}/powerflow"]["median"] <= TARGET_RATIO}
     if point.get("rss_ratio_powerflow/grpo_beta") is not None:
         t["rss_vs_grpo_beta<=1.05"] = {"met": point["rss_ratio_powerflow/grpo_beta"] <= TARGET_RATIO}
     return t
@@ -227,12 +233,17 @@ def markdown(result):
         )
     extra = [x for x in result["meta"]["arms"] if x not in MAIN_ARMS]
     if extra:
-        lines += ["", "Extra arms (ratio to GRPO beta>0):", ""]
+        lines += ["", "Extra arms (step-time ratio to GRPO beta>0 [95% CI]):", ""]
         for p in result["points"]:
             for x in extra:
-                key = f"{x}/grpo_beta"
+                key, peak = f"{x}/grpo_beta", p["arms"][x]["peak_rss_mb"] if x in p["arms"] else None
                 if key in p["ratios"]:
-                    lines.append(f"- {p['name']}: {x}: {ci_str(p['ratios'][key])}")
+                    to_la_tb = p["ratios"].get(f"{x}/powerflow")
+                    lines.append(
+                        f"- {p['name']}: {x}: {ci_str(p['ratios'][key])}"
+                        + (f"; to PowerFlow (LA-TB) {ci_str(to_la_tb)}" if to_la_tb else "")
+                        + f"; peak RSS {fmt(peak, 0)} MB"
+                    )
     lines += [
         "",
         "### Where the step time goes (median ms per step)",

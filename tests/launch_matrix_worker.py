@@ -18,15 +18,21 @@ import os
 import sys
 import traceback
 
-# name: (LoRA instead of full fine-tuning, gradient checkpointing, BuPO for the first step)
+# name: (LoRA instead of full fine-tuning, gradient checkpointing, BuPO for the first step, objective)
 CASES = {
-    "full_gc": (False, True, False),
-    "full_nogc": (False, False, False),
-    "lora_gc": (True, True, False),
-    "lora_nogc": (True, False, False),
-    "bupo_full_nogc": (False, False, True),
-    "bupo_full_gc": (False, True, True),
-    "lora": (True, True, False),  # for the ZeRO launches
+    "full_gc": (False, True, False, "la_tb"),
+    "full_nogc": (False, False, False, "la_tb"),
+    "lora_gc": (True, True, False, "la_tb"),
+    "lora_nogc": (True, False, False, "la_tb"),
+    "bupo_full_nogc": (False, False, True, "la_tb"),
+    "bupo_full_gc": (False, True, True, "la_tb"),
+    "lora": (True, True, False, "la_tb"),  # for the ZeRO launches
+    # objective='token_balance': the per-prefix value head instead of log Z'(q), the same switches
+    "tb_full_gc": (False, True, False, "token_balance"),
+    "tb_full_nogc": (False, False, False, "token_balance"),
+    "tb_lora_gc": (True, True, False, "token_balance"),
+    "tb_lora_nogc": (True, False, False, "token_balance"),
+    "tb_lora": (True, True, False, "token_balance"),  # for the ZeRO launches
 }
 
 
@@ -71,7 +77,7 @@ def run_case(name, model_path, out, max_steps, deepspeed_run):
     from trl_powerflow.bupo import BuPOPowerFlowConfig, BuPOPowerFlowTrainer
     from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
-    lora, checkpointing, bupo = CASES[name]
+    lora, checkpointing, bupo, objective = CASES[name]
     config_cls, trainer_cls = (BuPOPowerFlowConfig, BuPOPowerFlowTrainer) if bupo else (
         PowerFlowConfig, PowerFlowTrainer
     )  # fmt: skip
@@ -93,6 +99,7 @@ def run_case(name, model_path, out, max_steps, deepspeed_run):
         save_strategy="no",
         report_to=[],
         log_z_estimator="head",
+        objective=objective,
         **({"bupo_layer": 1, "bupo_steps": 1} if bupo else {}),
     )
     peft_config = None
@@ -119,6 +126,8 @@ def run_case(name, model_path, out, max_steps, deepspeed_run):
         "distributed_type": str(trainer.accelerator.distributed_type.value),
         "find_unused_parameters": getattr(trainer.model_wrapped, "find_unused_parameters", None),
         "gradient_checkpointing": config.gradient_checkpointing,
+        "objective": trainer.objective,
+        "estimator": type(trainer.log_z).__name__,
         "log_history": trainer.state.log_history,
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:

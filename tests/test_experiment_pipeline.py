@@ -67,7 +67,7 @@ def test_quick_pipeline_writes_every_table_and_plot(tmp_path):
         assert expected in headers, (name, headers)
     found = dict((tuple(h), rows) for h, rows in tables(text))
     seeds_rows = found[tuple(EXPECTED_TABLES["seeds"])]
-    label_free = {"ttrl", "empo", "intuitor", "powerflow", "powerflow_previous_defaults"}
+    label_free = {"ttrl", "empo", "intuitor", "powerflow", "powerflow_la_tb_exact", "powerflow_token_balance"}
     assert {r[0] for r in seeds_rows} == {"base", "grpo_accuracy"} | label_free
     assert {r[1] for r in seeds_rows if r[0] != "base"} == {"2", "4"}  # both budgets, N and 2N
     share_rows = found[tuple(EXPECTED_TABLES["share"])]
@@ -76,7 +76,7 @@ def test_quick_pipeline_writes_every_table_and_plot(tmp_path):
 
     report = json.loads((docs / "results.json").read_text())
     assert report["seeds"]["seeds"] == [0, 1]
-    for method in ("grpo_accuracy", "ttrl", "empo", "intuitor", "powerflow", "powerflow_previous_defaults"):
+    for method in ("grpo_accuracy", *sorted(label_free)):
         for step in ("2", "4"):
             assert len(report["seeds"]["methods"][method][step]["per_seed"]) == 2, (method, step)
     assert report["live"], "the PowerFlow runs must log powerflow/target_kl"

@@ -2,7 +2,7 @@
 training 2 optimizer steps, then the trainable parameters and the head must be bitwise identical on both ranks and
 must have moved from their initial values.
 
-Cases (tests/launch_matrix_worker.py builds the trainer in Python; one torchrun launch runs the five DDP cases one
+Cases (tests/launch_matrix_worker.py builds the trainer in Python; one torchrun launch runs the DDP cases one
 after the other, each with its own trainer, model and DDP wrapper; one `accelerate launch` per ZeRO stage):
 
 - DDP x {full fine-tuning, LoRA} x {gradient checkpointing on, off}. These are the two switches that change what
@@ -15,6 +15,8 @@ after the other, each with its own trainer, model and DDP wrapper; one `accelera
   all-reduce), so it is the stricter of the two. DDP's reducer and `find_unused_parameters` do not exist under
   DeepSpeed, so gradient checkpointing is left at TRL's default (on).
 - ZeRO-3 with LoRA: parameters, the head included, are partitioned; the worker gathers them to compare.
+- objective='token_balance' (the per-prefix value head V(s_t), read at every completion position, no
+  re-centring) over the same switches: DDP x {full, LoRA} x {checkpointing on, off}, ZeRO-2 and ZeRO-3 with LoRA.
 - BuPO + head under DDP (full fine-tuning, `bupo_layer=1`, `bupo_steps=1`), with and without checkpointing: step 1
   trains the layer-1 policy (the layer above gets no gradient: really unused parameters, so BuPO sets
   `ddp_find_unused_parameters=True` when the user left it unset — transformers' default would be False with TRL's
@@ -47,7 +49,8 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "launch_matrix_worker.py"
 DDP_CASES = ["full_gc", "full_nogc", "lora_gc", "lora_nogc", "bupo_full_nogc", "bupo_full_gc"]
-LAUNCHES = {"ddp": DDP_CASES, "zero2": ["lora"], "zero3": ["lora"]}
+DDP_CASES += ["tb_full_gc", "tb_full_nogc", "tb_lora_gc", "tb_lora_nogc"]
+LAUNCHES = {"ddp": DDP_CASES, "zero2": ["lora", "tb_lora"], "zero3": ["lora", "tb_lora"]}
 # test id: (launch, worker case)
 CASES = {
     "ddp-full-gc": ("ddp", "full_gc"),
@@ -58,6 +61,12 @@ CASES = {
     "zero3-lora": ("zero3", "lora"),
     "ddp-bupo-head": ("ddp", "bupo_full_nogc"),
     "ddp-bupo-head-gc": ("ddp", "bupo_full_gc"),
+    "ddp-token-balance-full-gc": ("ddp", "tb_full_gc"),
+    "ddp-token-balance-full-nogc": ("ddp", "tb_full_nogc"),
+    "ddp-token-balance-lora-gc": ("ddp", "tb_lora_gc"),
+    "ddp-token-balance-lora-nogc": ("ddp", "tb_lora_nogc"),
+    "zero2-token-balance-lora": ("zero2", "tb_lora"),
+    "zero3-token-balance-lora": ("zero3", "tb_lora"),
 }
 HEAD_KEYS = {"head/out.weight", "head/out.bias", "head/offset", "head/initialised"}  # and the hidden layers
 
@@ -132,6 +141,10 @@ def test_trains_on_two_processes_with_the_head(launched, case):
     assert all(math.isfinite(entry["powerflow/log_z_mean"]) for entry in logs)
     if launch == "ddp" and name.endswith("_nogc"):
         assert info["find_unused_parameters"] is True  # the DDP mode that crashed before the fix
+    if name.startswith("tb_"):  # the value head trained, not log Z'(q)
+        assert (info["objective"], info["estimator"]) == ("token_balance", "LearnedValue")
+    else:
+        assert (info["objective"], info["estimator"]) == ("la_tb", "LearnedLogZ")
     if name.startswith("bupo"):
         assert [entry["bupo/active"] for entry in logs] == [1.0, 0.0]  # both phases ran
     head = {k for k in final if k.startswith("head/")}

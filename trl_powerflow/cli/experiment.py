@@ -6,8 +6,8 @@ r"""`trl-powerflow experiment`: the small-scale experiment of docs/experiment, o
 Stages (`--stages`, default all):
 
 1. seeds: digit-chain reasoning from the shipped pretrained base (trl_powerflow/assets/digit_chain_base): supervised
-   GRPO, TTRL, EMPO, Intuitor, PowerFlow alpha 4 and PowerFlow alpha 4 with the previous head defaults
-   (log_z_learning_rate 1e-2, no re-centring) for 2N steps (constant learning rate; evaluated at N and 2N), every seed.
+   GRPO, TTRL, EMPO, Intuitor and PowerFlow alpha 4 under each objective (la_tb, la_tb_exact, token_balance)
+   for 2N steps (constant learning rate; evaluated at N and 2N), every seed.
 2. sweep: PowerFlow alpha 1, 2, 8 on reasoning for N steps (alpha 4 and TTRL come from stage 1).
 3. ablations: entropy minimisation, PowerFlow alpha 0.5, -traj and -token at N steps.
 4. creative: pretrain the rhyming-couplet base and its over-sharpened "aligned" model, then PowerFlow alpha 0.25, 0.5,

@@ -68,6 +68,12 @@ def builtin_methods(alpha_high: float, alpha_low: float) -> dict[str, Method]:
         "powerflow_tb_token": Method(
             "powerflow", ["--alpha", high, "--objective", "tb_token"], f"PowerFlow-token alpha={high}"
         ),
+        "powerflow_la_tb_exact": Method(
+            "powerflow", ["--alpha", high, "--objective", "la_tb_exact"], f"PowerFlow exact-length alpha={high}"
+        ),
+        "powerflow_token_balance": Method(
+            "powerflow", ["--alpha", high, "--objective", "token_balance"], f"PowerFlow token balance alpha={high}"
+        ),
     }
 
 

@@ -74,8 +74,9 @@ METHOD_LABELS = {
     "ttrl": "TTRL (majority vote)",
     "empo": "EMPO (semantic entropy)",
     "intuitor": "Intuitor (self-certainty)",
-    "powerflow": "PowerFlow alpha 4",
-    "powerflow_previous_defaults": "PowerFlow alpha 4, previous head defaults",
+    "powerflow": "PowerFlow alpha 4 (LA-TB)",
+    "powerflow_la_tb_exact": "PowerFlow alpha 4, exact-length (la_tb_exact)",
+    "powerflow_token_balance": "PowerFlow alpha 4, token balance",
 }
 REPORT_FILES = (
     "results.md", "results.json", "reasoning_seeds.png", "alpha_sweep.png", "creative_frontier.png",
@@ -577,7 +578,7 @@ def plot_all(report: dict, out: str) -> None:
     seeds = report["seeds"]
     colors = {"base": "grey", "grpo_accuracy": "tab:blue", "ttrl": "tab:orange", "empo": "tab:red",
               "intuitor": "tab:purple", "powerflow": "tab:green",
-              "powerflow_previous_defaults": "yellowgreen"}  # fmt: skip
+              "powerflow_la_tb_exact": "yellowgreen", "powerflow_token_balance": "tab:olive"}  # fmt: skip
 
     # 1. multi-seed reasoning comparison: avg@8 at N and 2N, mean with 95% interval, per-seed dots
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

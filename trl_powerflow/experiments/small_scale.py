@@ -6,9 +6,9 @@ Stages (`--stages`, default all; each reuses what a previous invocation finished
 - ``seeds``: reasoning (digit chains, `trl_powerflow.experiments.synthetic_tasks`), starting from the shipped
   pretrained base `trl_powerflow/assets/digit_chain_base` (the same for every seed). For every seed in `seeds`
   one `trl-powerflow compare` trains supervised GRPO (accuracy reward), the RLIF baselines TTRL (majority vote),
-  EMPO (semantic entropy) and Intuitor (self-certainty), PowerFlow alpha 4 (the trainer's defaults: learned
-  log-partition head, log_z_recentre on, log_z_learning_rate unset) and PowerFlow alpha 4 with the previous head
-  defaults (log_z_learning_rate 1e-2, no re-centring) for 2N steps at a constant learning rate and evaluates
+  EMPO (semantic entropy) and Intuitor (self-certainty), and PowerFlow alpha 4 with the trainer's defaults
+  (learned head, log_z_recentre on, log_z_learning_rate unset) under each objective: LA-TB (the default),
+  la_tb_exact and token_balance, for 2N steps at a constant learning rate and evaluates
   every N/2 steps: the checkpoints at N and 2N give both budgets. The seed changes the RL run and the evaluation
   sampling (the base is evaluated with each seed too).
 - ``sweep``: PowerFlow alpha 1, 2, 8 on reasoning for N steps at `seed` (alpha 4 and TTRL, its alpha -> infinity
@@ -60,15 +60,12 @@ QUICK_CREATIVE_TRAIN_ARGS = (
 )
 # Run order: the multi-seed comparison, then the cheap stages that read it, then the single-seed ones.
 STAGES = ("seeds", "diagnosis", "power_sampling", "toy", "sweep", "creative", "ablations")
-# The multi-seed comparison: supervised GRPO, the RLIF baselines (TTRL, EMPO, Intuitor), PowerFlow with the trainer's
-# defaults and PowerFlow with the head defaults it had before the drop-in issue (what the default change did).
+# The multi-seed comparison: supervised GRPO, the RLIF baselines (TTRL, EMPO, Intuitor) and PowerFlow alpha 4 with
+# each of its objectives: LA-TB (the default), the exact-length variant and the token-level balance.
 SEED_METHODS = (
-    "base", "grpo_accuracy", "ttrl", "empo", "intuitor", "powerflow", "powerflow_previous_defaults",
+    "base", "grpo_accuracy", "ttrl", "empo", "intuitor", "powerflow", "powerflow_la_tb_exact",
+    "powerflow_token_balance",
 )  # fmt: skip
-PREVIOUS_DEFAULTS = (
-    "powerflow_previous_defaults=powerflow --alpha 4 --objective la_tb --log_z_learning_rate 1e-2 "
-    "--log_z_recentre false"
-)
 DIAGNOSIS_METHODS = ("base", "grpo_accuracy", "ttrl", "powerflow")
 ABLATION_METHODS = ("base", "entropy_min", "powerflow_low_alpha", "powerflow_tb_traj", "powerflow_tb_token")
 REASONING_TITLE = "Digit-chain reasoning (shipped tiny Qwen2 base)"
@@ -186,9 +183,8 @@ def seed_dir(args, seed: int) -> str:
 
 def seeds_argvs(args) -> list[tuple[str, list[str]]]:
     n = half_budget(args)
-    extra = ["--method", PREVIOUS_DEFAULTS]
     every = eval_interval(args)
-    return [(seed_dir(args, s), reasoning_argv(args, seed_dir(args, s), s, 2 * n, every, SEED_METHODS, extra))
+    return [(seed_dir(args, s), reasoning_argv(args, seed_dir(args, s), s, 2 * n, every, SEED_METHODS))
             for s in args.seeds]  # fmt: skip
 
 
