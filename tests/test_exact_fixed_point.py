@@ -13,7 +13,8 @@ For plain TB (tb_traj) and the exact objectives la_tb_exact and token_balance (a
 log pi* = alpha * (S_base + psi) - log Z, log Z by logsumexp.
 
 Covered, each against that exact oracle: every objective at alpha 2 and 0.5; two prompts with different fixed points
-(the head must depend on q), for la_tb and each exact objective; the head-free group estimator; sampling at temperature 0.7; reused generations
+(the head must depend on q), for la_tb and each exact objective; the head-free group estimator; sampling at
+temperature 0.7; reused generations
 (num_iterations=2, so w != 1); a shaping term psi from reward_funcs; two processes under torchrun (gloo); and log Z'
 tracking the exact residual-minimising value of the current policy along training, with re-centring on and off, and
 at policy learning rates 100x below and above the head's. One tracking case is a strict xfail that documents where
