@@ -44,7 +44,7 @@ def test_fires_on_the_diverged_creative_run_and_on_no_healthy_run():
     the experiment run before the head lost its dropout) is caught at step 54. The 19 PowerFlow runs of the current
     docs/experiment never fire: creative alpha 0.25 / 0.5 / 0.75 / 1 (alpha 0.25 no longer diverges: |residual| at
     most 0.13), reasoning 3 seeds x 3 objectives at 200 steps, the live target-KL runs at alpha 1 / 2 / 4 / 8. Seen to
-    fail with the margin removed (alpha 1, KL ~ -1e-17, fires at step 7) and with factor 1 (healthy runs fire)."""
+    fail with the margin removed (live alpha 1, KL ~ -1e-17, fires at step 19) and with factor 1 (11 runs fire)."""
     diverged = json.loads(DIVERGED.read_text())
     margin = WATCHED["powerflow/residual_abs_mean"]
     assert divergence_step(diverged["steps"], diverged["powerflow/residual_abs_mean"], margin=margin) == 54
