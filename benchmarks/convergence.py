@@ -31,8 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
 from _bench import fmt, median  # noqa: E402
 
+from trl_powerflow.toys.objective_curves import MAX_LENGTH  # noqa: E402
+
 DEFAULT_OUT = os.path.join(_bench.REPO_DIR, "docs", "benchmarks")
-MAX_LEN = 3
 CONFIGS = [
     ("la_tb", "head"),
     ("la_tb", "group"),
@@ -43,97 +44,13 @@ CONFIGS = [
 ]
 
 
-def fixed_point(base_logp, lengths, alpha, objective):
-    """log pi* of the objective: the normalised alpha-power for tb_traj, la_tb_exact and token_balance,
-    p^alpha exp(-lambda |y|) for la_tb."""
-    from trl_powerflow.losses import EXACT_OBJECTIVES
-    from trl_powerflow.toys.enumerable import la_tb_fixed_point, power_target_logprobs
-
-    if objective in EXACT_OBJECTIVES:
-        return power_target_logprobs(base_logp, alpha)
-    return la_tb_fixed_point(base_logp, lengths, alpha)
-
-
 def run_one(objective, estimator, seed, args, model_dir, out_dir):
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl_powerflow.toys.objective_curves import train_objective_on_toy
 
-    from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-    from trl_powerflow.toys.enumerable import (
-        TOY_TOKENS,
-        completion_lengths,
-        completion_logprobs,
-        enumerate_completions,
-        power_target_logprobs,
-    )
-
-    prompt = [TOY_TOKENS.index("q")]
-    completions = enumerate_completions(MAX_LEN)
-    lengths = completion_lengths(completions)
-    base_logp = completion_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), prompt, completions)
-    target = fixed_point(base_logp, lengths, args.alpha, objective)
-    power = power_target_logprobs(base_logp, args.alpha)  # pure alpha-power target
-
-    def kls(model):
-        was_training = model.training
-        model.eval()
-        logp = completion_logprobs(model, prompt, completions)
-        if was_training:
-            model.train()
-        p = logp.exp()
-        return (p * (logp - target)).sum().item(), (p * (logp - power)).sum().item()
-
-    curve = []
-
-    class Probe(TrainerCallback):
-        def __init__(self):
-            self.train_seconds = 0.0
-
-        def on_train_begin(self, a, state, control, **kw):
-            kl, kl_power = kls(trainer.model)
-            curve.append({"step": 0, "train_s": 0.0, "kl": kl, "kl_to_power": kl_power})
-
-        def on_step_begin(self, a, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **kw):
-            self.train_seconds += time.perf_counter() - self.t0
-            if state.global_step % args.eval_every == 0 or state.global_step == a.max_steps:
-                kl, kl_power = kls(trainer.model)
-                curve.append(
-                    {"step": state.global_step, "train_s": self.train_seconds, "kl": kl, "kl_to_power": kl_power}
-                )
-
-    config = dict(
-        output_dir=os.path.join(out_dir, f"{objective}-{estimator}-s{seed}"),
-        alpha=args.alpha,
-        objective=objective,
-        log_z_estimator=estimator,
-        max_completion_length=MAX_LEN,
-        num_generations=16,
-        per_device_train_batch_size=16,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        max_steps=args.steps,
-        logging_steps=args.steps + 1000,
-        disable_dropout=True,
-        gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=seed,
-    )
-    if estimator == "head":
-        config["log_z_learning_rate"] = args.log_z_lr
-    trainer = PowerFlowTrainer(
-        model=model_dir,
-        args=PowerFlowConfig(**config),
-        train_dataset=Dataset.from_dict({"prompt": ["q"] * 64}),
-        callbacks=[Probe()],
-    )
-    trainer.train()
+    curve = train_objective_on_toy(
+        model_dir, out_dir, objective, estimator=estimator, seed=seed, alpha=args.alpha, steps=args.steps,
+        learning_rate=args.lr, log_z_learning_rate=args.log_z_lr, group=16, eval_every=args.eval_every,
+    )["curve"]  # fmt: skip
     kl0 = curve[0]["kl"]
     reach = {}
     for frac in args.fracs:
@@ -191,7 +108,7 @@ def markdown(result):
         "",
         f"Command: `{s['command']}`",
         "",
-        f"Toy: 40 completions (max_completion_length {MAX_LEN}), alpha = {s['alpha']}, G = 16 = batch, lr "
+        f"Toy: 40 completions (max_completion_length {MAX_LENGTH}), alpha = {s['alpha']}, G = 16 = batch, lr "
         f"{s['lr']} (head lr {s['log_z_lr']}), constant schedule, {s['steps']} steps, seeds {s['seeds']}, exact KL "
         f"every {s['eval_every']} steps. KL is to each objective's own fixed point; 'KL to p^a' is the final KL to "
         "the pure alpha-power distribution (the LA-TB length tilt makes it non-zero by design).",
@@ -287,7 +204,7 @@ def main(argv=None):
             "seeds": args.seeds,
             "eval_every": args.eval_every,
             "fracs": args.fracs,
-            "max_completion_length": MAX_LEN,
+            "max_completion_length": MAX_LENGTH,
             "torch_threads": torch.get_num_threads(),
         },
         "runs": [],

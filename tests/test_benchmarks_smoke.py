@@ -66,7 +66,7 @@ def test_step_cost_quick(quick_results):
         assert _is_ratio(point["cpu_time_ratios"][key])
     assert point["rss_ratio_powerflow/grpo_beta"] > 0
     assert set(point["targets"]) == {
-        "time_vs_grpo_beta<=1.05",
+        "time_vs_grpo_beta<=1.00",
         "time_vs_grpo_beta0<=implied",
         "rss_vs_grpo_beta<=1.05",
     }

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from trl_powerflow.cli.experiment import main
+from trl_powerflow.experiments import toy_objectives
 from trl_powerflow.experiments.evidence import REPORT_FILES, mean_interval, recovery_share
 
 # Header of every table results.md must hold (column names, in order).
@@ -25,6 +26,7 @@ EXPECTED_TABLES = {
     "live": ["run", "target_kl, first steps", "target_kl, last steps", "lambda, last steps",
              "length distortion, last steps"],
     "toy": ["G", "steps", "exact KL", "estimated KL", "exact lambda", "estimated lambda"],
+    "toy objectives": toy_objectives.HEADER,
 }  # fmt: skip
 
 
@@ -81,6 +83,17 @@ def test_quick_pipeline_writes_every_table_and_plot(tmp_path):
             assert len(report["seeds"]["methods"][method][step]["per_seed"]) == 2, (method, step)
     assert report["live"], "the PowerFlow runs must log powerflow/target_kl"
     assert all(len(run["steps"]) == 4 for run in report["toy"]["runs"])
+    # Every objective on the toy, evaluated before step 1 and after each of its 4 steps. The exact objectives train
+    # toward the pure alpha-power, so their two KLs agree; LA-TB's fixed point is tilted, so they differ (seen to
+    # fail with `objective_fixed_point` returning the pure power for la_tb).
+    objective_runs = {run["objective"]: run for run in report["toy"]["objectives"]["runs"]}
+    assert set(objective_runs) == set(toy_objectives.OBJECTIVES)
+    for objective, run in objective_runs.items():
+        assert [c["step"] for c in run["curve"]] == [0, 1, 2, 3, 4], objective
+        same = all(math.isclose(c["kl"], c["kl_to_power"], abs_tol=1e-9) for c in run["curve"])
+        assert same == (objective != "la_tb"), objective
+    objective_rows = found[tuple(toy_objectives.HEADER)]
+    assert [r[0] for r in objective_rows] == list(toy_objectives.OBJECTIVES)
     assert set(report["stage_seconds"]) == {
         "seeds", "sweep", "ablations", "creative", "diagnosis", "power_sampling", "toy"
     }  # fmt: skip

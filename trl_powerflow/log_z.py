@@ -133,7 +133,7 @@ class LearnedLogZ(LogZEstimator):
         self.head, self._ready, self._step_batch = head, False, []
         # Inside the forward of the module DDP/DeepSpeed wraps, its output part of that forward's output: DDP with
         # `find_unused_parameters=True` (LoRA, no checkpointing) sees the head used.
-        trainer.model.register_forward_hook(self._forward_hook, with_kwargs=True)
+        trainer.hidden_capture.add_hook(trainer.model, self._forward_hook, with_kwargs=True)
         if args.log_z_recentre:
             trainer.add_callback(_RecentreAfterStep(self))
         if user_optimizer is not None:

@@ -18,7 +18,8 @@ Stages (each writes `<output_dir>/<stage>.json`, reused on a re-run unless `forc
   M Metropolis-Hastings steps; M = 0 is sampling at temperature 1/alpha) against PowerFlow's one-pass sampler on the
   same held-out prompts, by forward passes (= sampled tokens) per answer.
 - `toy_stage`: `toy_target_distance` trains PowerFlow on the enumerable toy and records, at every step, the logged
-  estimate `powerflow/target_kl` / `powerflow/target_lambda` next to the exact KL(pi_theta || pi*) and lambda.
+  estimate `powerflow/target_kl` / `powerflow/target_lambda` next to the exact KL(pi_theta || pi*) and lambda; then
+  every objective's exact KL to its own fixed point and to the pure alpha-power (`toy_objectives.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import platform
 import shutil
 import statistics
 import time
+
+from . import toy_objectives
+from .markdown import fmt, md_table
 
 # 0.975 quantiles of Student's t by degrees of freedom (scipy is optional)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -80,7 +84,7 @@ METHOD_LABELS = {
 }
 REPORT_FILES = (
     "results.md", "results.json", "reasoning_seeds.png", "alpha_sweep.png", "creative_frontier.png",
-    "target_kl_live.png", "toy_target_distance.png",
+    "target_kl_live.png", "toy_target_distance.png", "toy_objectives.png",
 )  # fmt: skip
 
 
@@ -124,23 +128,12 @@ def recovery_share(pf, grpo, base) -> dict:
     return out
 
 
-def fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.{digits}f}"
-
-
 def fmt_interval(stats: dict, digits: int = 3) -> str:
     if stats["mean"] is None:
         return "–"
     if stats["low"] is None:
         return fmt(stats["mean"], digits)
     return f"{fmt(stats['mean'], digits)} [{fmt(stats['low'], digits)}, {fmt(stats['high'], digits)}]"
-
-
-def md_table(header, rows) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 # -------------------------------------------------------------------------------------------------- reading runs
@@ -414,7 +407,7 @@ def toy_target_distance(
 def toy_stage(args) -> dict:
     groups = [8] if args.quick else [32, 8]
     steps = 4 if args.quick else 48
-    settings = {"groups": groups, "steps": steps, "alpha": 2.0}
+    settings = {"groups": groups, "steps": steps, "alpha": 2.0, "objectives": list(toy_objectives.OBJECTIVES)}
     cached = cached_stage(args, "toy", settings)
     if cached:
         return cached
@@ -425,7 +418,9 @@ def toy_stage(args) -> dict:
     out = os.path.join(args.output_dir, "toy")
     model_dir = save_toy_model(os.path.join(out, "model"))
     runs = [toy_target_distance(model_dir, os.path.join(out, f"run_g{g}"), group=g, steps=steps) for g in groups]
-    return save_stage(args, "toy", {"settings": settings, "runs": runs, "seconds": time.time() - start})
+    objectives = toy_objectives.toy_objective_runs(model_dir, os.path.join(out, "objectives"), args.quick)
+    record = {"settings": settings, "runs": runs, "objectives": objectives, "seconds": time.time() - start}
+    return save_stage(args, "toy", record)
 
 
 # ---------------------------------------------------------------------------------------------------- the report
@@ -709,6 +704,8 @@ def plot_all(report: dict, out: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "toy_target_distance.png"), dpi=110)
     plt.close(fig)
+    if report["toy"].get("objectives"):
+        toy_objectives.plot(report["toy"]["objectives"], out)
 
 
 def report_markdown(args, report: dict, command: str) -> str:
@@ -866,6 +863,9 @@ def report_markdown(args, report: dict, command: str) -> str:
                 ])  # fmt: skip
         lines += md_table(["G", "steps", "exact KL", "estimated KL", "exact lambda", "estimated lambda"], rows)
         lines += ["", "![toy target distance](toy_target_distance.png)"]
+    if toy.get("objectives"):
+        lines += ["", "## 6. What the length tilt does: every objective on the enumerable toy", ""]
+        lines += toy_objectives.markdown(toy["objectives"])
     lines += ["", "Per-comparison tables (every method and step) are in `comparisons/*/results.md`.", ""]
     return "\n".join(lines)
 

@@ -1,0 +1,120 @@
+r"""Exact KL curves of PowerFlow's objectives on the enumerable toy (`toys/enumerable.py`: prompt "q", 40
+completions of up to 3 tokens, every probability exact).
+
+`train_objective_on_toy` trains PowerFlowTrainer through its public API and records, before the first step and every
+`eval_every` steps, the exact KL(pi_theta || pi*) to the objective's own fixed point and to the pure alpha-power:
+
+  la_tb (and tb_token)                    pi*(y) = p_base(y)^alpha exp(-lambda |y|), sum_y pi*(y) = 1
+  tb_traj, la_tb_exact, token_balance     pi*(y) = p_base(y)^alpha / sum_y' p_base(y')^alpha
+
+Used by the experiment's `toy` stage (`experiments/toy_objectives.py`) and by `benchmarks/convergence.py`.
+"""
+
+import os
+import time
+
+import torch
+
+from ..losses import EXACT_OBJECTIVES
+from .enumerable import (
+    TOY_PROMPT,
+    TOY_TOKENS,
+    completion_lengths,
+    completion_logprobs,
+    enumerate_completions,
+    la_tb_fixed_point,
+    power_target_logprobs,
+)
+
+MAX_LENGTH = 3
+
+
+def objective_fixed_point(base_logp: torch.Tensor, lengths: torch.Tensor, alpha: float, objective: str):
+    """log pi* of `objective` over the completions: the normalised alpha-power for the exact objectives,
+    p_base^alpha exp(-lambda |y|) otherwise."""
+    if objective in EXACT_OBJECTIVES:
+        return power_target_logprobs(base_logp, alpha)
+    return la_tb_fixed_point(base_logp, lengths, alpha)
+
+
+def train_objective_on_toy(
+    model_dir: str,
+    output_dir: str,
+    objective: str,
+    *,
+    estimator: str = "head",
+    seed: int = 0,
+    alpha: float = 2.0,
+    steps: int = 300,
+    learning_rate: float = 5e-3,
+    log_z_learning_rate: float | None = None,
+    group: int = 16,
+    eval_every: int = 1,
+) -> dict:
+    """Train one objective on the toy; return its settings and `curve`: a list of {step, train_s, kl, kl_to_power}
+    (train_s: summed step times, the exact evaluation excluded)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from .. import PowerFlowConfig, PowerFlowTrainer
+
+    prompt = [TOY_TOKENS.index(TOY_PROMPT)]
+    completions = enumerate_completions(MAX_LENGTH)
+    lengths = completion_lengths(completions)
+    base_logp = completion_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), prompt, completions)
+    target = objective_fixed_point(base_logp, lengths, alpha, objective)
+    power = power_target_logprobs(base_logp, alpha)
+    curve = []
+
+    @torch.no_grad()
+    def record(model, step, train_s):
+        training = model.training
+        model.eval()
+        logp = completion_logprobs(model, prompt, completions)
+        model.train(training)
+        p = logp.exp()
+        kl, kl_power = (p * (logp - target)).sum().item(), (p * (logp - power)).sum().item()
+        curve.append({"step": step, "train_s": train_s, "kl": kl, "kl_to_power": kl_power})
+
+    class ExactKL(TrainerCallback):
+        train_s, t0 = 0.0, 0.0
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            record(model, 0, 0.0)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.train_s += time.perf_counter() - self.t0
+            if state.global_step % eval_every == 0 or state.global_step == args.max_steps:
+                record(model, state.global_step, self.train_s)
+
+    config = PowerFlowConfig(
+        output_dir=os.path.join(output_dir, f"{objective}-{estimator}-s{seed}"),
+        alpha=alpha,
+        objective=objective,
+        log_z_estimator=estimator,
+        log_z_learning_rate=log_z_learning_rate if estimator == "head" else None,
+        max_completion_length=MAX_LENGTH,
+        num_generations=group,
+        per_device_train_batch_size=group,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        max_steps=steps,
+        logging_steps=steps + 1000,
+        disable_dropout=True,
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=seed,
+    )
+    trainer = PowerFlowTrainer(
+        model=model_dir, args=config, train_dataset=Dataset.from_dict({"prompt": [TOY_PROMPT] * 64}),
+        callbacks=[ExactKL()],
+    )  # fmt: skip
+    trainer.train()
+    return {"objective": objective, "estimator": estimator, "seed": seed, "alpha": alpha, "curve": curve}
