@@ -8,7 +8,7 @@ from .markdown import fmt, md_table
 
 OBJECTIVES = ("la_tb", "la_tb_exact", "token_balance", "tb_traj")
 FIXED_POINTS = {
-    "la_tb": "p^a exp(-lambda |y|)", "la_tb_exact": "p^a / Z", "token_balance": "p^a / Z", "tb_traj": "p^a / Z",
+    "la_tb": "p^a exp(-lambda len(y))", "la_tb_exact": "p^a / Z", "token_balance": "p^a / Z", "tb_traj": "p^a / Z",
 }  # fmt: skip
 HEADER = [
     "objective", "fixed point", "KL to own fixed point: start", "at 10% of steps", "at a third", "at the end",
@@ -64,7 +64,7 @@ def markdown(record: dict) -> list[str]:
     lines = [
         f"Enumerable toy (40 completions), alpha {s['alpha']:g}, G {s['group']}, learning rate {s['learning_rate']:g} "
         f"constant, the head at its default rate, {s['steps']} steps, seeds {s['seeds']}: exact KL, medians over "
-        "seeds. 'p^a / Z' is the pure alpha-power; LA-TB's fixed point carries the length tilt exp(-lambda |y|).",
+        "seeds. 'p^a / Z' is the pure alpha-power; LA-TB's fixed point carries the length tilt exp(-lambda len(y)).",
         "",
     ]
     return lines + md_table(HEADER, table_rows(record)) + ["", "![toy objectives](toy_objectives.png)"]
