@@ -338,6 +338,7 @@ def toy_target_distance(
         enumerate_completions,
         la_tb_fixed_point,
         la_tb_lambda,
+        toy_training_args,
     )
 
     completions = enumerate_completions(3)
@@ -365,22 +366,16 @@ def toy_target_distance(
             self.values.append((logp.exp() * (logp - target)).sum().item())
 
     config = PowerFlowConfig(
-        output_dir=output_dir,
-        alpha=alpha,
-        max_completion_length=3,
-        num_generations=group,
-        per_device_train_batch_size=group,
-        learning_rate=learning_rate,
-        log_z_learning_rate=log_z_learning_rate,
-        max_steps=steps,
-        logging_steps=1,
-        disable_dropout=True,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        seed=seed,
-        disable_tqdm=True,
+        **toy_training_args(
+            output_dir,
+            group=group,
+            steps=steps,
+            seed=seed,
+            alpha=alpha,
+            learning_rate=learning_rate,
+            log_z_learning_rate=log_z_learning_rate,
+            logging_steps=1,
+        )  # fmt: skip
     )
     exact = ExactKL()
     trainer = PowerFlowTrainer(

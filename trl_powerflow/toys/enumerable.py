@@ -27,6 +27,7 @@ __all__ = [
     "power_target_logprobs",
     "save_toy_model",
     "toy_shaping_reward",
+    "toy_training_args",
 ]
 
 TOY_TOKENS = ("<eos>", "a", "b", "q")
@@ -138,6 +139,17 @@ def completion_logprobs(model, prompt_ids: list[int], completions: list[list[int
 # ----------------------------------------------------------------------------------------------------------------
 # Exact targets over the enumerated completions
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def toy_training_args(output_dir: str, *, group: int, steps: int, seed: int, **overrides) -> dict:
+    """PowerFlowConfig arguments of a run on the toy: completions of up to 3 tokens, one group of `group` per step,
+    `steps` steps on the CPU, no dropout, checkpointing, logging or saving unless `overrides` say otherwise."""
+    args = dict(
+        output_dir=output_dir, max_completion_length=3, num_generations=group, per_device_train_batch_size=group,
+        max_steps=steps, logging_steps=steps + 1000, disable_dropout=True, gradient_checkpointing=False, bf16=False,
+        use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, seed=seed,
+    )  # fmt: skip
+    return {**args, **overrides}
 
 
 def completion_lengths(completions: list[list[int]]) -> torch.Tensor:

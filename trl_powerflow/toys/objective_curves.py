@@ -24,6 +24,7 @@ from .enumerable import (
     enumerate_completions,
     la_tb_fixed_point,
     power_target_logprobs,
+    toy_training_args,
 )
 
 MAX_LENGTH = 3
@@ -91,26 +92,18 @@ def train_objective_on_toy(
                 record(model, state.global_step, self.train_s)
 
     config = PowerFlowConfig(
-        output_dir=os.path.join(output_dir, f"{objective}-{estimator}-s{seed}"),
-        alpha=alpha,
-        objective=objective,
-        log_z_estimator=estimator,
-        log_z_learning_rate=log_z_learning_rate if estimator == "head" else None,
-        max_completion_length=MAX_LENGTH,
-        num_generations=group,
-        per_device_train_batch_size=group,
-        learning_rate=learning_rate,
-        lr_scheduler_type="constant",
-        max_steps=steps,
-        logging_steps=steps + 1000,
-        disable_dropout=True,
-        gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=seed,
+        **toy_training_args(
+            os.path.join(output_dir, f"{objective}-{estimator}-s{seed}"),
+            group=group,
+            steps=steps,
+            seed=seed,
+            alpha=alpha,
+            objective=objective,
+            log_z_estimator=estimator,
+            learning_rate=learning_rate,
+            log_z_learning_rate=log_z_learning_rate if estimator == "head" else None,
+            lr_scheduler_type="constant",
+        )  # fmt: skip
     )
     trainer = PowerFlowTrainer(
         model=model_dir, args=config, train_dataset=Dataset.from_dict({"prompt": [TOY_PROMPT] * 64}),
