@@ -10,7 +10,8 @@ import pytest
 
 from trl_powerflow.cli.experiment import main
 from trl_powerflow.experiments import toy_objectives
-from trl_powerflow.experiments.evidence import REPORT_FILES, mean_interval, recovery_share
+from trl_powerflow.experiments.evidence_report import REPORT_FILES
+from trl_powerflow.experiments.seed_statistics import mean_interval, recovery_share
 
 # Header of every table results.md must hold (column names, in order).
 EXPECTED_TABLES = {

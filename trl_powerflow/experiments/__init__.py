@@ -1,6 +1,6 @@
 """Experiments: the synthetic reasoning and creative tasks, the digit-chain demonstration of `trl-powerflow train`,
 and the library behind the commands (`train_run`, `compare`, `bupo_compare`, `pretraining`, `small_scale`,
-`evidence`; imported on their own, not here)."""
+`evidence` and its report; imported on their own, not here)."""
 
 from .demo import (
     DEMOS,

@@ -123,7 +123,17 @@ def toy_shaping_reward(completions, **kwargs):
 
 @torch.no_grad()
 def completion_logprobs(model, prompt_ids: list[int], completions: list[list[int]]) -> torch.Tensor:
-    """Exact temperature-1 log p(y | prompt) of each completion, shape (N,), float64."""
+    """Exact temperature-1 log p(y | prompt) of each completion, shape (N,), float64 (read in eval mode; the model's
+    train/eval mode is restored)."""
+    training = model.training
+    model.eval()
+    try:
+        return _completion_logprobs(model, prompt_ids, completions)
+    finally:
+        model.train(training)
+
+
+def _completion_logprobs(model, prompt_ids: list[int], completions: list[list[int]]) -> torch.Tensor:
     max_len = max(len(c) for c in completions)
     pad = 0
     ids = torch.tensor([prompt_ids + c + [pad] * (max_len - len(c)) for c in completions])

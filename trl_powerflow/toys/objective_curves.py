@@ -7,7 +7,11 @@ completions of up to 3 tokens, every probability exact).
   la_tb (and tb_token)                    pi*(y) = p_base(y)^alpha exp(-lambda |y|), sum_y pi*(y) = 1
   tb_traj, la_tb_exact, token_balance     pi*(y) = p_base(y)^alpha / sum_y' p_base(y')^alpha
 
-Used by the experiment's `toy` stage (`experiments/toy_objectives.py`) and by `benchmarks/convergence.py`.
+`toy_target_distance` trains the default (LA-TB) and records, per step, the trainer's logged estimate of its distance
+to that target (`powerflow/target_kl`, `powerflow/target_lambda`) next to the exact values.
+
+Used by the experiment's `toy` stage (`experiments/evidence.py`, `experiments/toy_objectives.py`) and by
+`benchmarks/convergence.py`.
 """
 
 import os
@@ -23,11 +27,36 @@ from .enumerable import (
     completion_logprobs,
     enumerate_completions,
     la_tb_fixed_point,
+    la_tb_lambda,
     power_target_logprobs,
     toy_training_args,
 )
 
 MAX_LENGTH = 3
+PROMPT_IDS = [TOY_TOKENS.index(TOY_PROMPT)]
+
+
+def _base_logprobs(model_dir: str):
+    """The toy's completions, their lengths and exact log p_base of each."""
+    from transformers import AutoModelForCausalLM
+
+    completions = enumerate_completions(MAX_LENGTH)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    return completions, completion_lengths(completions), completion_logprobs(base, PROMPT_IDS, completions)
+
+
+def _train(model_dir: str, callback, **config) -> list[dict]:
+    """Train PowerFlowTrainer on the prompt "q" with `toy_training_args(**config)`; returns its log history."""
+    from datasets import Dataset
+
+    from .. import PowerFlowConfig, PowerFlowTrainer
+
+    trainer = PowerFlowTrainer(
+        model=model_dir, args=PowerFlowConfig(**toy_training_args(**config)),
+        train_dataset=Dataset.from_dict({"prompt": [TOY_PROMPT] * 64}), callbacks=[callback],
+    )  # fmt: skip
+    trainer.train()
+    return trainer.state.log_history
 
 
 def objective_fixed_point(base_logp: torch.Tensor, lengths: torch.Tensor, alpha: float, objective: str):
@@ -54,25 +83,16 @@ def train_objective_on_toy(
 ) -> dict:
     """Train one objective on the toy; return its settings and `curve`: a list of {step, train_s, kl, kl_to_power}
     (train_s: summed step times, the exact evaluation excluded)."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import TrainerCallback
 
-    from .. import PowerFlowConfig, PowerFlowTrainer
-
-    prompt = [TOY_TOKENS.index(TOY_PROMPT)]
-    completions = enumerate_completions(MAX_LENGTH)
-    lengths = completion_lengths(completions)
-    base_logp = completion_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), prompt, completions)
+    completions, lengths, base_logp = _base_logprobs(model_dir)
     target = objective_fixed_point(base_logp, lengths, alpha, objective)
     power = power_target_logprobs(base_logp, alpha)
     curve = []
 
     @torch.no_grad()
     def record(model, step, train_s):
-        training = model.training
-        model.eval()
-        logp = completion_logprobs(model, prompt, completions)
-        model.train(training)
+        logp = completion_logprobs(model, PROMPT_IDS, completions)
         p = logp.exp()
         kl, kl_power = (p * (logp - target)).sum().item(), (p * (logp - power)).sum().item()
         curve.append({"step": step, "train_s": train_s, "kl": kl, "kl_to_power": kl_power})
@@ -91,23 +111,57 @@ def train_objective_on_toy(
             if state.global_step % eval_every == 0 or state.global_step == args.max_steps:
                 record(model, state.global_step, self.train_s)
 
-    config = PowerFlowConfig(
-        **toy_training_args(
-            os.path.join(output_dir, f"{objective}-{estimator}-s{seed}"),
-            group=group,
-            steps=steps,
-            seed=seed,
-            alpha=alpha,
-            objective=objective,
-            log_z_estimator=estimator,
-            learning_rate=learning_rate,
-            log_z_learning_rate=log_z_learning_rate if estimator == "head" else None,
-            lr_scheduler_type="constant",
-        )  # fmt: skip
-    )
-    trainer = PowerFlowTrainer(
-        model=model_dir, args=config, train_dataset=Dataset.from_dict({"prompt": [TOY_PROMPT] * 64}),
-        callbacks=[ExactKL()],
+    _train(
+        model_dir, ExactKL(), output_dir=os.path.join(output_dir, f"{objective}-{estimator}-s{seed}"), group=group,
+        steps=steps, seed=seed, alpha=alpha, objective=objective, log_z_estimator=estimator,
+        learning_rate=learning_rate, log_z_learning_rate=log_z_learning_rate if estimator == "head" else None,
+        lr_scheduler_type="constant",
     )  # fmt: skip
-    trainer.train()
     return {"objective": objective, "estimator": estimator, "seed": seed, "alpha": alpha, "curve": curve}
+
+
+def toy_target_distance(
+    model_dir: str,
+    output_dir: str,
+    *,
+    alpha: float = 2.0,
+    group: int = 32,
+    steps: int = 48,
+    learning_rate: float = 3e-3,
+    log_z_learning_rate: float = 5e-2,
+    seed: int = 0,
+) -> dict:
+    """Train PowerFlow (LA-TB) on the toy (the setting of tests/test_target_distance_live.py) and return, per step,
+    the exact KL(pi_theta || pi*) of the policy that sampled the step (read before its update), the exact lambda of
+    pi* = p_base^alpha exp(-lambda |y|) and the trainer's logged estimates `powerflow/target_kl` and
+    `powerflow/target_lambda`."""
+    from transformers import TrainerCallback
+
+    completions, lengths, base_logp = _base_logprobs(model_dir)
+    target = la_tb_fixed_point(base_logp, lengths, alpha)
+    exact_kl = []
+
+    class ExactKL(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            logp = completion_logprobs(model, PROMPT_IDS, completions)
+            exact_kl.append((logp.exp() * (logp - target)).sum().item())
+
+    history = _train(
+        model_dir, ExactKL(), output_dir=output_dir, group=group, steps=steps, seed=seed, alpha=alpha,
+        learning_rate=learning_rate, log_z_learning_rate=log_z_learning_rate, logging_steps=1,
+    )  # fmt: skip
+    logged = [h for h in history if "powerflow/target_kl" in h]
+    return {
+        "alpha": alpha,
+        "group": group,
+        "exact_lambda": float(la_tb_lambda(base_logp, lengths, alpha)),
+        "steps": [
+            {
+                "step": h["step"],
+                "exact_kl": kl,
+                "estimated_kl": h["powerflow/target_kl"],
+                "estimated_lambda": h["powerflow/target_lambda"],
+            }
+            for h, kl in zip(logged, exact_kl)
+        ],
+    }
