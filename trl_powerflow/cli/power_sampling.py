@@ -47,6 +47,7 @@ def main(argv=None, prog: str | None = None):
         load_model_and_tokenizer,
         toy_comparison,
     )
+    from trl_powerflow.evaluation.markdown import md_table
     from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
     if args.toy:
@@ -55,14 +56,12 @@ def main(argv=None, prog: str | None = None):
         model_dir = args.model or save_toy_model(os.path.join("outputs", "toy-model"))
         rows = toy_comparison(model_dir, alpha=args.alpha, chains=args.chains, seed=args.seed)
         print(f"Enumerable toy, alpha {args.alpha:g}: distance to the exact p^alpha and cost per answer")
-        print("| method | TV to p^alpha | P(mode of p^alpha) | forward passes / answer |")
-        print("|---|---|---|---|")
-        for r in rows:
-            tag = "" if r["exact"] else f" (empirical, {args.chains} chains)"
-            print(
-                f"| {r['method']}{tag} | {r['tv_to_p_alpha']:.3f} | {r['p_mode']:.3f} | "
-                f"{r['forward_passes_per_answer']:.2f} |"
-            )
+        table = [
+            [r["method"] + ("" if r["exact"] else f" (empirical, {args.chains} chains)"), f"{r['tv_to_p_alpha']:.3f}",
+             f"{r['p_mode']:.3f}", f"{r['forward_passes_per_answer']:.2f}"]
+            for r in rows
+        ]  # fmt: skip
+        print("\n".join(md_table(["method", "TV to p^alpha", "P(mode of p^alpha)", "forward passes / answer"], table)))
         if args.output_json:
             os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
             with open(args.output_json, "w") as f:
@@ -99,10 +98,8 @@ def main(argv=None, prog: str | None = None):
         results.append(evaluate_one_pass(trained, trained_tokenizer, dataset, name="PowerFlow, T=1", **common))
     print(format_markdown_table(results))
     print()
-    print("| method | forward passes / answer |")
-    print("|---|---|")
-    for r in results:
-        print(f"| {r['name']} | {r['metrics']['forward_passes_per_answer']:.1f} |")
+    passes = [[r["name"], f"{r['metrics']['forward_passes_per_answer']:.1f}"] for r in results]
+    print("\n".join(md_table(["method", "forward passes / answer"], passes)))
     if args.output_json:
         os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
         with open(args.output_json, "w") as f:

@@ -32,6 +32,7 @@ import torch
 
 from ..data.answers import answers_equivalent, extract_answer, majority_answer, prompt_token_ids, reference_answer
 from .decoding import decode_completion, eos_token_ids, model_device
+from .markdown import fmt_metric, md_table
 from .metrics import (
     avg_at_k,
     distinct_answer_fraction,
@@ -409,27 +410,17 @@ def _semantic_diversity(texts: list[list[str]], embedder) -> float | None:
     return _mean(values)
 
 
-def _format_value(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
-    return str(value)
-
-
 def format_markdown_table(results: dict | Sequence[dict]) -> str:
     """Markdown table with one row per `evaluate_model` result (column "@k" taken from each result's k)."""
     if isinstance(results, dict):
         results = [results]
-    header = ["method"] + [label for _, label in _TABLE_COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    rows = []
     for result in results:
         metrics = result["metrics"]
         k = metrics.get("num_samples")
-        cells = [str(result.get("name") or "model")]
-        for key, _ in _TABLE_COLUMNS:
-            cells.append(_format_value(metrics.get(key.replace("@k", f"@{k}"))))
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [fmt_metric(metrics.get(key.replace("@k", f"@{k}"))) for key, _ in _TABLE_COLUMNS]
+        rows.append([str(result.get("name") or "model"), *cells])
+    lines = md_table(["method"] + [label for _, label in _TABLE_COLUMNS], rows)
     ks = sorted({r["metrics"].get("num_samples") for r in results}, key=str)
     lines.append("")
     lines.append(f"k = {', '.join(str(k) for k in ks)} samples per prompt.")

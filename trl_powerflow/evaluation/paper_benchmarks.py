@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.answers import extract_answer, extract_boxed, prompt_token_ids
+from .markdown import fmt, md_table
 
 __all__ = [
     "BENCHMARKS",
@@ -479,13 +480,8 @@ def build_paper_table(results: Sequence, metric: str = "avg", scale: float = 100
 def format_paper_table(table: Mapping) -> str:
     """Markdown: one row per method, one column per benchmark plus "Avg." (one decimal; "–" when missing)."""
     columns = table["columns"]
-    lines = [
-        "| Method | " + " | ".join(columns) + " |",
-        "|---|" + "|".join(["---:"] * len(columns)) + "|",
-    ]
-    for row in table["rows"]:
-        cells = ["–" if row["values"][c] is None else f"{row['values'][c]:.1f}" for c in columns]
-        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    rows = [[row["method"], *(fmt(row["values"][c], 1) for c in columns)] for row in table["rows"]]
+    lines = md_table(["Method", *columns], rows, align="---:")
     unit = " (%)" if table.get("scale") == 100.0 else ""
     lines += ["", f"{table['metric']}{unit} per benchmark; Avg. is the mean over the benchmarks."]
     return "\n".join(lines)

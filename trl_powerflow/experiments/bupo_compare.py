@@ -20,6 +20,7 @@ import json
 import os
 import time
 
+from ..evaluation.markdown import md_table
 from .compare import REPO_ROOT
 
 # Recipe keys that are not training arguments of the configs (or are set per run here).
@@ -143,10 +144,8 @@ def summarise(results, settings) -> str:
         f"model {settings['model']}; seeds {seeds} (mean, min–max over seeds); evaluation: "
         f"{results[0]['eval']['metrics']['num_prompts']} prompts x {kk} samples.",
         "",
-        f"| run | loss, steps 1..N | loss, last 5 steps | eval avg@{kk} | eval pass@{kk} | eval maj@{kk} "
-        "| eval tokens | train time (s) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, runs in groups.items():
         early, late = [], []
         for r in runs:
@@ -158,29 +157,30 @@ def summarise(results, settings) -> str:
         def metric(key, runs=runs):
             return _mean_range([r["eval"]["metrics"][key] for r in runs])
 
-        lines.append(
-            f"| {name} | {_mean_range(early)} | {_mean_range(late)} | {metric(f'avg@{kk}')} | {metric(f'pass@{kk}')} "
-            f"| {metric(f'maj@{kk}')} | {metric('mean_completion_tokens')} | "
-            f"{_mean_range([r['train_time_s'] for r in runs])} |"
-        )
+        rows.append([
+            name, _mean_range(early), _mean_range(late), metric(f"avg@{kk}"), metric(f"pass@{kk}"),
+            metric(f"maj@{kk}"), metric("mean_completion_tokens"), _mean_range([r["train_time_s"] for r in runs]),
+        ])  # fmt: skip
+    header = ["run", "loss, steps 1..N", "loss, last 5 steps", f"eval avg@{kk}", f"eval pass@{kk}", f"eval maj@{kk}",
+              "eval tokens", "train time (s)"]  # fmt: skip
+    lines += md_table(header, rows)
     lines += [
         "",
         "Mean entropy (nats) of each internal layer policy (logit lens, final norm applied) on the probe completions, "
         "mean over seeds (layer 0 = embeddings, last = the model's own policy):",
         "",
     ]
-    header_done = False
+    rows, header_layers = [], None
     for name, runs in groups.items():
         histories = [entropy_history(r["log_history"]) for r in runs]
         steps, layers = histories[0]
-        if not header_done:
-            lines.append("| run | step | " + " | ".join(f"L{layer}" for layer in layers) + " |")
-            lines.append("|---|---|" + "---|" * len(layers))
-            header_done = True
+        header_layers = header_layers or layers
         for step in sorted({steps[0], min(steps, key=lambda s: abs(s - n)), steps[-1]}):
             i = steps.index(step)
             cells = [sum(h[1][layer][i] for h in histories) / len(histories) for layer in layers]
-            lines.append(f"| {name} | {step} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+            rows.append([name, step, *(f"{v:.3f}" for v in cells)])
+    if rows:
+        lines += md_table(["run", "step"] + [f"L{layer}" for layer in header_layers], rows)
     keys = [
         "powerflow/residual_abs_mean",
         "powerflow/policy_logp_per_token",
@@ -189,23 +189,21 @@ def summarise(results, settings) -> str:
     ]
     if any(r["trainer"] == "powerflow" for r in results):
         lines += ["", "PowerFlow training metrics (mean of the last 5 logged steps; mean, min–max over seeds):", ""]
-        lines.append("| run | " + " | ".join(keys) + " |")
-        lines.append("|---|" + "---|" * len(keys))
-        for name, runs in groups.items():
-            if runs[0]["trainer"] == "powerflow":
-                cells = [_mean_range([_last(r["log_history"], key) for r in runs]) for key in keys]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows = [
+            [name] + [_mean_range([_last(r["log_history"], key) for r in runs]) for key in keys]
+            for name, runs in groups.items()
+            if runs[0]["trainer"] == "powerflow"
+        ]
+        lines += md_table(["run", *keys], rows)
     if any(r["trainer"] == "grpo" for r in results):
         lines += ["", "GRPO training metrics (mean of the last 5 logged steps; mean, min–max over seeds):", ""]
-        lines.append("| run | reward | frac_reward_zero_std | entropy |")
-        lines.append("|---|---|---|---|")
-        for name, runs in groups.items():
-            if runs[0]["trainer"] == "grpo":
-                cells = [
-                    _mean_range([_last(r["log_history"], key) for r in runs])
-                    for key in ("reward", "frac_reward_zero_std", "entropy")
-                ]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        keys = ("reward", "frac_reward_zero_std", "entropy")
+        rows = [
+            [name] + [_mean_range([_last(r["log_history"], key) for r in runs]) for key in keys]
+            for name, runs in groups.items()
+            if runs[0]["trainer"] == "grpo"
+        ]
+        lines += md_table(["run", *keys], rows)
     return "\n".join(lines)
 
 
@@ -332,15 +330,15 @@ def run_toy(args):
         f"{args.toy_steps} steps; BuPO: layer {layer} of 2 for the first {bupo_steps} steps. Exact KL(pi || pi*) "
         f"to the LA-TB fixed point, mean over seeds {args.toy_seeds} (min-max):",
         "",
-        "| step | " + " | ".join(steps_label for steps_label in ("baseline", "BuPO")) + " |",
-        "|---|---|---|",
     ]
+    rows = []
     for i, step in enumerate(steps):
         cells = []
         for variant in ("baseline", "bupo"):
             values = [r["kl"][i][1] for r in runs if r["variant"] == variant]
             cells.append(f"{sum(values) / len(values):.4f} ({min(values):.4f}-{max(values):.4f})")
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        rows.append([step, *cells])
+    lines += md_table(["step", "baseline", "BuPO"], rows)
     summary = "\n".join(lines)
     with open(os.path.join(args.output_dir, "toy_results.json"), "w") as f:
         json.dump(

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..evaluation.markdown import fmt_metric, md_table
+
 # The source checkout this package lives in (editable installs), for its scripts/recipes/; else the working directory.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_FILE = "method_result.json"
@@ -328,16 +330,6 @@ def default_diversity_metric(metrics: dict) -> str:
     return "semantic_diversity" if metrics.get("semantic_diversity") is not None else "distinct_2"
 
 
-def fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
-    return str(value)
-
-
 def table_columns(results: dict, k: int) -> list[tuple[str, str]]:
     columns = [
         (f"avg@{k}", f"avg@{k}"),
@@ -373,31 +365,30 @@ def markdown(results: dict, info: dict) -> str:
     )
     lines += ["", "## Final models", ""]
     header = ["method", "trainer / reward", "labels", "step"] + [label for _, label in columns] + ["train s"]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---"] * len(header)) + "|")
+    rows = []
     for name, result in results.items():
         if not result.get("evals"):
             error = result.get("error", "?").splitlines()[0].replace("|", "/")[:100]
-            lines.append(f"| {name} | {result['description']} | | failed: {error} |")
+            rows.append([name, result["description"], "", f"failed: {error}"])
             continue
         final = result["evals"][-1]
         cells = [name, result["description"], "yes" if result["uses_labels"] else "no", str(final["step"])]
-        cells += [fmt(final["metrics"].get(key)) for key, _ in columns]
-        cells.append(fmt(result.get("train_seconds")))
-        lines.append("| " + " | ".join(cells) + " |")
+        cells += [fmt_metric(final["metrics"].get(key)) for key, _ in columns]
+        rows.append(cells + [fmt_metric(result.get("train_seconds"))])
+    lines += md_table(header, rows)
     steps = sorted({e["step"] for r in results.values() for e in r.get("evals", [])})
     if len(steps) > 1:
         length = "mean_completion_tokens"
         lines += ["", f"## {quality} (and mean completion tokens) by step", ""]
-        lines.append("| method | " + " | ".join(f"step {s}" for s in steps) + " |")
-        lines.append("|" + "|".join(["---"] * (len(steps) + 1)) + "|")
+        rows = []
         for name, result in results.items():
             by_step = {e["step"]: e["metrics"] for e in result.get("evals", [])}
             cells = []
             for s in steps:
                 m = by_step.get(s)
-                cells.append("" if m is None else f"{fmt(m.get(quality))} ({fmt(m.get(length))})")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                cells.append("" if m is None else f"{fmt_metric(m.get(quality))} ({fmt_metric(m.get(length))})")
+            rows.append([name, *cells])
+        lines += md_table(["method"] + [f"step {s}" for s in steps], rows)
     lines += ["", "Command:", "", "```bash", info["command"], "```", ""]
     return "\n".join(lines)
 

@@ -35,6 +35,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..evaluation.markdown import md_table
+
 __all__ = [
     "DEMOS",
     "DIGIT_CHAIN_BASE",
@@ -165,13 +167,9 @@ def _delta(before, after) -> str:
 def format_before_after_table(before: dict, after: dict) -> str:
     """Markdown table: one row before training, one after, and their difference."""
     columns = before_after_columns([before, after])
-    header = ["model"] + [label for _, label in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for result in (before, after):
-        cells = [result["name"]] + [_cell(result["metrics"].get(key)) for key, _ in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    deltas = [_delta(before["metrics"].get(key), after["metrics"].get(key)) for key, _ in columns]
-    lines.append("| " + " | ".join(["change", *deltas]) + " |")
+    rows = [[r["name"]] + [_cell(r["metrics"].get(key)) for key, _ in columns] for r in (before, after)]
+    rows.append(["change"] + [_delta(before["metrics"].get(key), after["metrics"].get(key)) for key, _ in columns])
+    lines = md_table(["model"] + [label for _, label in columns], rows)
     metrics = before["metrics"]
     lines.append("")
     lines.append(

@@ -10,6 +10,7 @@ import os
 import shutil
 import statistics
 
+from ..evaluation.markdown import fmt, md_table
 from . import toy_objectives
 from .evidence_plots import plot_all
 from .evidence_summary import (
@@ -26,7 +27,6 @@ from .evidence_summary import (
     stage_seconds,
     sweep_summary,
 )
-from .markdown import fmt, md_table
 from .seed_statistics import fmt_interval, mean_interval
 
 REPORT_FILES = (

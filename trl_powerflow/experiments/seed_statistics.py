@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .markdown import fmt
+from ..evaluation.markdown import fmt
 
 # 0.975 quantiles of Student's t by degrees of freedom (scipy is optional)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}

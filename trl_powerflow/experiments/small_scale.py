@@ -23,9 +23,10 @@ Stages (`--stages`, default all; each reuses what a previous invocation finished
   mass goes against GRPO's; power sampling of the base at matched forward passes; the live target-distance
   estimate against the exact KL on the enumerable toy).
 
-The report (`evidence_report.write_report`): tables with 95% t-intervals over seeds, the share of GRPO's gain recovered by
-PowerFlow with its delta-method interval, the plots, the machine and the wall time per stage; with `args.docs_dir`
-it is written there (results.md, results.json, *.png and each comparison's own results under comparisons/).
+The report (`evidence_report.write_report`): tables with 95% t-intervals over seeds, the share of GRPO's gain
+recovered by PowerFlow with its delta-method interval, the plots, the machine and the wall time per stage; with
+`args.docs_dir` it is written there (results.md, results.json, *.png and each comparison's own results under
+comparisons/).
 
 Each training stage runs as a subprocess (`python -m trl_powerflow <command>`); `run_jobs` runs `args.jobs` of
 them side by side (every seed is its own job; diagnosis waits for the seeds). `quick` shrinks every stage to a

@@ -4,7 +4,7 @@ point and to the pure alpha-power per step (the `toy` stage's second part; runs 
 import os
 import statistics
 
-from .markdown import fmt, md_table
+from ..evaluation.markdown import fmt, md_table
 
 OBJECTIVES = ("la_tb", "la_tb_exact", "token_balance", "tb_traj")
 FIXED_POINTS = {
