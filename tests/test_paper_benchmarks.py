@@ -14,21 +14,17 @@ from trl_powerflow.evaluation.paper_benchmarks import (
     GPQA_PROMPT,
     PAPER_BENCHMARKS,
     PAPER_PROMPT,
-    VLLM_MISSING,
-    build_paper_table,
     choice_letter,
     evaluate_benchmarks,
     extract_choice,
-    format_paper_table,
     get_benchmark,
     gpqa_options,
     load_benchmark,
-    load_vllm,
     normalise_math_answer,
     parse_benchmark_specs,
-    vllm_generate_completions,
-    write_paper_table,
 )
+from trl_powerflow.evaluation.paper_table import build_paper_table, format_paper_table, write_paper_table
+from trl_powerflow.evaluation.vllm_sampling import VLLM_MISSING, load_vllm, vllm_generate_completions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -171,7 +171,7 @@ def load_sampler(args, path):
     """(model, tokenizer, generate_fn): HF model and generate_fn None, or a vLLM engine and its sampler."""
     chat_kwargs = json.loads(args.chat_template_kwargs) if args.chat_template_kwargs else None
     if args.backend == "vllm":
-        from trl_powerflow.evaluation.paper_benchmarks import load_vllm, vllm_sampler
+        from trl_powerflow.evaluation.vllm_sampling import load_vllm, vllm_sampler
 
         llm, tokenizer = load_vllm(path, dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed)
         settings = {"num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
@@ -210,14 +210,12 @@ def write_json(path, data):
 
 def run_benchmarks(args):
     from trl_powerflow.evaluation.paper_benchmarks import (
-        build_paper_table,
         evaluate_benchmarks,
-        format_paper_table,
         load_benchmark,
         parse_benchmark_specs,
         parse_named_spec,
-        write_paper_table,
     )
+    from trl_powerflow.evaluation.paper_table import build_paper_table, format_paper_table, write_paper_table
 
     results = list(args.table_from or [])
     specs = parse_benchmark_specs(args.benchmark or [])

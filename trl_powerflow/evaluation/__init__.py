@@ -33,21 +33,16 @@ from .paper_benchmarks import (
     Benchmark,
     HubSource,
     average_over_benchmarks,
-    build_paper_table,
     choice_letter,
     evaluate_benchmarks,
     extract_choice,
-    format_paper_table,
     get_benchmark,
     gpqa_options,
     load_benchmark,
-    load_vllm,
     normalise_math_answer,
     parse_named_spec,
-    vllm_generate_completions,
-    vllm_sampler,
-    write_paper_table,
 )
+from .paper_table import build_paper_table, format_paper_table, write_paper_table
 from .power_sampling import (
     PowerSamplingResult,
     mh_log_acceptance,
@@ -55,6 +50,7 @@ from .power_sampling import (
     power_sampling_completions,
     toy_comparison,
 )
+from .vllm_sampling import load_vllm, vllm_generate_completions, vllm_sampler
 
 __all__ = [
     "BENCHMARKS",

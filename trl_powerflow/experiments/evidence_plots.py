@@ -106,7 +106,7 @@ def plot_all(report: dict, out: str) -> None:
     plt.close(fig)
 
     # 4. live distance along the reasoning runs
-    from .compare import smooth
+    from .compare_report import smooth
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for name, history in report["live"].items():
