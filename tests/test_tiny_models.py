@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from trl_powerflow.toys import tiny_models
+from trl_powerflow.toys.model_cache import SETTINGS_FILE
 from trl_powerflow.toys.tiny_models import (
-    SETTINGS_FILE,
     build_tiny_model,
     build_tiny_tokenizer,
     save_tiny_model,

@@ -8,10 +8,10 @@ p_base^alpha normalised over them, and `la_tb_fixed_point` the fixed point that 
 """
 
 import itertools
-import json
-import os
 
 import torch
+
+from .model_cache import save_cached, seeded_model
 
 __all__ = [
     "TOY_PROMPT",
@@ -63,43 +63,36 @@ def save_toy_model(
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     settings = {
+        "kind": "toy",
         "seed": seed,
         "hidden_size": hidden_size,
         "initializer_range": initializer_range,
         "num_hidden_layers": num_hidden_layers,
     }
-    settings_file = os.path.join(output_dir, "toy_settings.json")
-    if os.path.isfile(settings_file):
-        with open(settings_file) as f:
-            if json.load(f) == settings:
-                return output_dir
-    tokenizer = build_toy_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(TOY_TOKENS),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=16,
-        initializer_range=initializer_range,
-        tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
-    )
-    os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    with open(settings_file, "w") as f:
-        json.dump(settings, f)
-    return output_dir
+
+    def build():
+        tokenizer = build_toy_tokenizer()
+        config = Qwen2Config(
+            vocab_size=len(TOY_TOKENS),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=16,
+            initializer_range=initializer_range,
+            tie_word_embeddings=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+        )
+        model = seeded_model(Qwen2ForCausalLM, config, seed)
+        model.generation_config = GenerationConfig(
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+        )
+        return model, tokenizer
+
+    return save_cached(output_dir, settings, build)
 
 
 def enumerate_completions(max_length: int, vocab_size: int = len(TOY_TOKENS), eos_id: int = 0) -> list[list[int]]:

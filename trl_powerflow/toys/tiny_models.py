@@ -4,13 +4,9 @@ The tokenizer is a byte-level BPE trained on a small corpus generated in code; t
 Qwen2 / Llama decoders with a seeded init. Everything is deterministic.
 """
 
-import json
-import os
 import random
-import shutil
-import tempfile
 
-import torch
+from .model_cache import save_cached, seeded_model
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -23,9 +19,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 ARCHS = ("qwen2", "llama")
-SETTINGS_FILE = "tiny_model_settings.json"
 _SETTINGS_FORMAT = 1  # bump when the builders change, so cached directories are rebuilt
-_REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json")
 
 _PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
@@ -180,11 +174,7 @@ def build_tiny_model(
         tie_word_embeddings=tie_word_embeddings,
         **token_ids,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(config)
-    model = model.to(torch.float32)
-    model.config.dtype = torch.float32
+    model = seeded_model(model_cls, config, seed)
     model.generation_config = GenerationConfig(**token_ids)
     return model
 
@@ -200,16 +190,6 @@ def _settings(arch, hidden_size, num_hidden_layers, seed, kwargs) -> dict:
     }
 
 
-def _is_complete(output_dir: str, settings: dict) -> bool:
-    if not all(os.path.isfile(os.path.join(output_dir, name)) for name in _REQUIRED_FILES + (SETTINGS_FILE,)):
-        return False
-    try:
-        with open(os.path.join(output_dir, SETTINGS_FILE)) as f:
-            return json.load(f) == json.loads(json.dumps(settings))
-    except (OSError, ValueError):
-        return False
-
-
 def save_tiny_model(
     output_dir, arch: str = "qwen2", hidden_size: int = 32, num_hidden_layers: int = 2, seed: int = 0, **kwargs
 ) -> str:
@@ -217,35 +197,19 @@ def save_tiny_model(
 
     `vocab_size` in kwargs goes to `build_tiny_tokenizer`, the rest to `build_tiny_model`.
     """
-    output_dir = os.fspath(output_dir)
     settings = _settings(arch, hidden_size, num_hidden_layers, seed, kwargs)
-    if _is_complete(output_dir, settings):
-        return output_dir
-    model_kwargs = dict(kwargs)
-    tokenizer_kwargs = {"vocab_size": model_kwargs.pop("vocab_size")} if "vocab_size" in model_kwargs else {}
-    tokenizer = build_tiny_tokenizer(**tokenizer_kwargs)
-    model = build_tiny_model(
-        tokenizer, arch=arch, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, seed=seed, **model_kwargs
-    )
-    os.makedirs(output_dir, exist_ok=True)
-    # Invalidate first, save into a sibling temp dir, then move files in one by one (atomic per file) with the
-    # settings file last, so a concurrent or interrupted call never leaves a directory that looks complete.
-    try:
-        os.remove(os.path.join(output_dir, SETTINGS_FILE))
-    except FileNotFoundError:
-        pass
-    tmp_dir = tempfile.mkdtemp(prefix=".tiny_model_tmp_", dir=output_dir)
-    try:
-        model.save_pretrained(tmp_dir)
-        tokenizer.save_pretrained(tmp_dir)
-        with open(os.path.join(tmp_dir, SETTINGS_FILE), "w") as f:
-            json.dump(settings, f, indent=2)
-        names = sorted(n for n in os.listdir(tmp_dir) if n != SETTINGS_FILE) + [SETTINGS_FILE]
-        for name in names:
-            os.replace(os.path.join(tmp_dir, name), os.path.join(output_dir, name))
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return output_dir
+
+    def build():
+        model_kwargs = dict(kwargs)
+        tokenizer_kwargs = {"vocab_size": model_kwargs.pop("vocab_size")} if "vocab_size" in model_kwargs else {}
+        tokenizer = build_tiny_tokenizer(**tokenizer_kwargs)
+        model = build_tiny_model(
+            tokenizer, arch=arch, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, seed=seed,
+            **model_kwargs,
+        )  # fmt: skip
+        return model, tokenizer
+
+    return save_cached(output_dir, settings, build)
 
 
 def tiny_prompt_dataset(n: int = 16, conversational: bool = True, seed: int = 0):
@@ -325,11 +289,7 @@ def build_tiny_moe_model(
     for name in ("output_router_logits", "router_aux_loss_coef"):
         if not hasattr(config.get_text_config(), name):
             raise RuntimeError(f"{type(config).__name__} has no `{name}`: not a router-logit MoE config")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(config)
-    model = model.to(torch.float32)
-    model.config.dtype = torch.float32
+    model = seeded_model(model_cls, config, seed)
     model.generation_config = GenerationConfig(**token_ids)
     return model
 
@@ -358,43 +318,8 @@ def build_tiny_reward_model(tokenizer, arch: str = "qwen2", hidden_size: int = 1
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(config)
-    model = model.to(torch.float32)
-    model.config.dtype = torch.float32
+    model = seeded_model(model_cls, config, seed)
     return model
-
-
-def _save_cached(output_dir, settings: dict, build) -> str:
-    """Save `build()`'s (model, tokenizer) into `output_dir` unless already saved with `settings`; written like
-    `save_tiny_model` (temp dir, files moved in one by one, settings file last)."""
-    output_dir = os.fspath(output_dir)
-    if _is_complete(output_dir, settings):
-        return output_dir
-    model, tokenizer = build()
-    os.makedirs(output_dir, exist_ok=True)
-    try:
-        os.remove(os.path.join(output_dir, SETTINGS_FILE))
-    except FileNotFoundError:
-        pass
-    tmp_dir = tempfile.mkdtemp(prefix=".tiny_model_tmp_", dir=output_dir)
-    try:
-        model.save_pretrained(tmp_dir)
-        if not os.path.isfile(os.path.join(tmp_dir, "generation_config.json")):  # classifiers save none
-            from transformers import GenerationConfig
-
-            token_ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-            GenerationConfig(**token_ids).save_pretrained(tmp_dir)
-        tokenizer.save_pretrained(tmp_dir)
-        with open(os.path.join(tmp_dir, SETTINGS_FILE), "w") as f:
-            json.dump(settings, f, indent=2)
-        names = sorted(n for n in os.listdir(tmp_dir) if n != SETTINGS_FILE) + [SETTINGS_FILE]
-        for name in names:
-            os.replace(os.path.join(tmp_dir, name), os.path.join(output_dir, name))
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return output_dir
 
 
 def save_tiny_moe_model(output_dir, arch: str = "qwen3_moe", hidden_size: int = 16, seed: int = 0, **kwargs) -> str:
@@ -409,7 +334,7 @@ def save_tiny_moe_model(output_dir, arch: str = "qwen3_moe", hidden_size: int = 
         model = build_tiny_moe_model(tokenizer, arch=arch, hidden_size=hidden_size, seed=seed, **kwargs)
         return model, tokenizer
 
-    return _save_cached(output_dir, settings, build)
+    return save_cached(output_dir, settings, build)
 
 
 def save_tiny_reward_model(
@@ -428,7 +353,7 @@ def save_tiny_reward_model(
             tokenizer.chat_template = chat_template
         return build_tiny_reward_model(tokenizer, arch=arch, hidden_size=hidden_size, seed=seed), tokenizer
 
-    return _save_cached(output_dir, settings, build)
+    return save_cached(output_dir, settings, build)
 
 
 IMAGE_TOKEN = "<image>"
@@ -501,11 +426,7 @@ def build_tiny_vlm(hidden_size: int = 32, image_size: int = 28, patch_size: int 
         vision_feature_layer=-1,
         **token_ids,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
-    model = model.to(torch.float32)
-    model.config.dtype = torch.float32
+    model = seeded_model(LlavaForConditionalGeneration, config, seed)
     model.generation_config = GenerationConfig(**token_ids)
     return model, processor
 
@@ -513,7 +434,7 @@ def build_tiny_vlm(hidden_size: int = 32, image_size: int = 28, patch_size: int 
 def save_tiny_vlm(output_dir, hidden_size: int = 32, seed: int = 0) -> str:
     """Build and save a tiny LLaVA and its processor (`build_tiny_vlm`) into `output_dir`, unless already there."""
     settings = _settings("llava", hidden_size, 2, seed, {"kind": "vlm"})
-    return _save_cached(output_dir, settings, lambda: build_tiny_vlm(hidden_size=hidden_size, seed=seed))
+    return save_cached(output_dir, settings, lambda: build_tiny_vlm(hidden_size=hidden_size, seed=seed))
 
 
 def tiny_image_prompt_dataset(n: int = 8, images_per_prompt: int = 1, image_size: int = 28, seed: int = 0):
