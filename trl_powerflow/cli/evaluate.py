@@ -134,27 +134,13 @@ def parse_args(argv=None, prog: str | None = None):
 
 
 def load_dataset_for_eval(args):
-    if args.dataset is None:
-        from trl_powerflow.data import edit_prompt
-        from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.data import held_out_prompts
 
-        dataset = tiny_prompt_dataset(n=args.max_prompts or 16, conversational=True)
-        if args.prompt_suffix or args.system_prompt:
-            dataset = dataset.map(
-                lambda row: {"prompt": edit_prompt(row["prompt"], args.prompt_suffix, args.system_prompt)}
-            )
-        return dataset
-    from trl_powerflow.data import load_prompt_dataset
-
-    return load_prompt_dataset(
-        args.dataset,
-        config=args.dataset_config,
-        split=args.split,
+    return held_out_prompts(
+        args.dataset, args.max_prompts, tiny_seed=0, prompt_suffix=args.prompt_suffix,
+        system_prompt=args.system_prompt, config=args.dataset_config, split=args.split,
         prompt_column=args.prompt_column,
-        prompt_suffix=args.prompt_suffix,
-        system_prompt=args.system_prompt,
-        max_samples=args.max_prompts,
-    )
+    )  # fmt: skip
 
 
 def load_embedder(spec: str):

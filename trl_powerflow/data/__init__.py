@@ -11,7 +11,7 @@ from .answers import (
     prompt_token_ids,
     reference_answer,
 )
-from .prompts import check_prompt_dataset, edit_prompt, load_prompt_dataset, load_split
+from .prompts import check_prompt_dataset, edit_prompt, held_out_prompts, load_prompt_dataset, load_split
 
 __all__ = [
     "answers_equivalent",
@@ -22,6 +22,7 @@ __all__ = [
     "edit_prompt",
     "extract_answer",
     "extract_boxed",
+    "held_out_prompts",
     "load_prompt_dataset",
     "load_split",
     "majority_answer",

@@ -60,6 +60,33 @@ def load_prompt_dataset(
     return dataset
 
 
+def held_out_prompts(
+    name_or_path: str | None,
+    max_samples: int | None = None,
+    *,
+    tiny_seed: int = 1,
+    prompt_suffix: str | None = None,
+    system_prompt: str | None = None,
+    **load_kwargs,
+) -> list[dict]:
+    """Evaluation rows: those of the prompt dataset `name_or_path` (`load_prompt_dataset` with `load_kwargs`), or,
+    when it is None, the embedded arithmetic prompts (`toys.tiny_models.tiny_prompt_dataset`: `max_samples` or 16
+    of them, seed `tiny_seed`), with the same prompt edits."""
+    if name_or_path is not None:
+        dataset = load_prompt_dataset(
+            name_or_path, prompt_suffix=prompt_suffix, system_prompt=system_prompt, max_samples=max_samples,
+            **load_kwargs,
+        )  # fmt: skip
+        return [dict(row) for row in dataset]
+    from ..toys.tiny_models import tiny_prompt_dataset
+
+    rows = [dict(row) for row in tiny_prompt_dataset(n=max_samples or 16, seed=tiny_seed)]
+    if prompt_suffix or system_prompt:
+        for row in rows:
+            row["prompt"] = edit_prompt(row["prompt"], prompt_suffix, system_prompt)
+    return rows
+
+
 def check_prompt_dataset(name: str, dataset, needs_prompt: bool = True) -> None:
     """Raise a ValueError naming `name`, the first bad row and the fix when `dataset` cannot feed generation.
 

@@ -221,26 +221,12 @@ def training_log(run_dir: str) -> list[dict]:
 
 
 def load_eval_rows(args) -> list[dict]:
-    if args.eval_dataset is None:
-        from trl_powerflow.data import edit_prompt
-        from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.data import held_out_prompts
 
-        rows = [dict(r) for r in tiny_prompt_dataset(n=args.eval_max_prompts or 16, seed=1)]
-        for row in rows:
-            row["prompt"] = edit_prompt(row["prompt"], args.prompt_suffix, args.system_prompt)
-    else:
-        from trl_powerflow.data import load_prompt_dataset
-
-        dataset = load_prompt_dataset(
-            args.eval_dataset,
-            split=args.eval_split,
-            prompt_column=args.prompt_column,
-            prompt_suffix=args.prompt_suffix,
-            system_prompt=args.system_prompt,
-            max_samples=args.eval_max_prompts,
-            as_chat=args.prompt_as_chat,
-        )
-        rows = [dict(r) for r in dataset]
+    rows = held_out_prompts(
+        args.eval_dataset, args.eval_max_prompts, prompt_suffix=args.prompt_suffix, system_prompt=args.system_prompt,
+        split=args.eval_split, prompt_column=args.prompt_column, as_chat=args.prompt_as_chat,
+    )  # fmt: skip
     return rows[: args.eval_max_prompts] if args.eval_max_prompts else rows
 
 

@@ -211,23 +211,15 @@ def before_after_rows(script_args) -> list[dict]:
         from .demo import digit_chain_splits
 
         return digit_chain_splits(num_eval=n)[1]
-    if script_args.dataset_name is None:
-        from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
+    from trl_powerflow.data import held_out_prompts
 
-        return [dict(row) for row in tiny_prompt_dataset(n=n, seed=1)]
-    from trl_powerflow.data import load_prompt_dataset
-
-    dataset = load_prompt_dataset(
-        script_args.dataset_name,
-        config=script_args.dataset_config,
-        split=script_args.dataset_test_split,
-        prompt_column=script_args.prompt_column,
-        prompt_suffix=script_args.prompt_suffix,
-        system_prompt=script_args.system_prompt,
-        max_samples=n,
-        as_chat=script_args.prompt_as_chat,
-    )
-    return [dict(row) for row in dataset]
+    if script_args.dataset_name is None:  # the embedded prompts, unedited
+        return held_out_prompts(None, n)
+    return held_out_prompts(
+        script_args.dataset_name, n, config=script_args.dataset_config, split=script_args.dataset_test_split,
+        prompt_column=script_args.prompt_column, prompt_suffix=script_args.prompt_suffix,
+        system_prompt=script_args.system_prompt, as_chat=script_args.prompt_as_chat,
+    )  # fmt: skip
 
 
 def evaluate_before_after(script_args, training_args, model_path, rows, name) -> dict:
