@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-__all__ = ["check_prompt_dataset", "edit_prompt", "load_prompt_dataset", "load_split"]
+__all__ = ["check_prompt_dataset", "edit_prompt", "held_out_prompts", "load_prompt_dataset", "load_split"]
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _PROMPT_FORMAT = (

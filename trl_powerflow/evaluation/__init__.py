@@ -1,101 +1,20 @@
 """Evaluation: sample completions (one pass or power sampling), score accuracy and diversity, the paper's table."""
 
-from .decoding import (
-    decode_completion,
-    eos_token_ids,
-    model_device,
-)
-from .generation import (
-    evaluate_model,
-    evaluate_one_pass,
-    evaluate_power_sampling,
-    format_markdown_table,
-    generate_completions,
-    load_model_and_tokenizer,
-)
-from .metrics import (
-    avg_at_k,
-    distinct_answer_fraction,
-    distinct_n,
-    embed_texts,
-    load_default_embedder,
-    mean_pairwise_cosine_distance,
-    mean_pass_at_k,
-    pass_at_k,
-    semantic_diversity,
-)
-from .paper_benchmarks import (
-    BENCHMARKS,
-    GPQA_PROMPT,
-    PAPER_BENCHMARKS,
-    PAPER_NUM_SAMPLES,
-    PAPER_PROMPT,
-    Benchmark,
-    HubSource,
-    average_over_benchmarks,
-    choice_letter,
-    evaluate_benchmarks,
-    extract_choice,
-    get_benchmark,
-    gpqa_options,
-    load_benchmark,
-    normalise_math_answer,
-    parse_named_spec,
-)
-from .paper_table import build_paper_table, format_paper_table, write_paper_table
-from .power_sampling import (
-    PowerSamplingResult,
-    mh_log_acceptance,
-    power_sample,
-    power_sampling_completions,
-    toy_comparison,
-)
-from .vllm_sampling import load_vllm, vllm_generate_completions, vllm_sampler
+from . import decoding, generation, metrics, paper_benchmarks, paper_table, power_sampling, vllm_sampling
+from .decoding import *  # noqa: F403
+from .generation import *  # noqa: F403
+from .metrics import *  # noqa: F403
+from .paper_benchmarks import *  # noqa: F403
+from .paper_table import *  # noqa: F403
+from .power_sampling import *  # noqa: F403
+from .vllm_sampling import *  # noqa: F403
 
 __all__ = [
-    "BENCHMARKS",
-    "Benchmark",
-    "GPQA_PROMPT",
-    "HubSource",
-    "PAPER_BENCHMARKS",
-    "PAPER_NUM_SAMPLES",
-    "PAPER_PROMPT",
-    "PowerSamplingResult",
-    "average_over_benchmarks",
-    "avg_at_k",
-    "build_paper_table",
-    "choice_letter",
-    "decode_completion",
-    "distinct_answer_fraction",
-    "distinct_n",
-    "embed_texts",
-    "eos_token_ids",
-    "evaluate_benchmarks",
-    "evaluate_model",
-    "evaluate_one_pass",
-    "evaluate_power_sampling",
-    "extract_choice",
-    "format_markdown_table",
-    "format_paper_table",
-    "generate_completions",
-    "get_benchmark",
-    "gpqa_options",
-    "load_benchmark",
-    "load_default_embedder",
-    "load_model_and_tokenizer",
-    "load_vllm",
-    "mean_pairwise_cosine_distance",
-    "mean_pass_at_k",
-    "mh_log_acceptance",
-    "model_device",
-    "normalise_math_answer",
-    "parse_named_spec",
-    "pass_at_k",
-    "power_sample",
-    "power_sampling_completions",
-    "semantic_diversity",
-    "toy_comparison",
-    "vllm_generate_completions",
-    "vllm_sampler",
-    "write_paper_table",
+    *decoding.__all__,
+    *generation.__all__,
+    *metrics.__all__,
+    *paper_benchmarks.__all__,
+    *paper_table.__all__,
+    *power_sampling.__all__,
+    *vllm_sampling.__all__,
 ]

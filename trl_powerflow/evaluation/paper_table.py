@@ -11,6 +11,12 @@ from collections.abc import Mapping, Sequence
 from .markdown import fmt, md_table
 from .paper_benchmarks import PAPER_BENCHMARKS
 
+__all__ = [
+    "build_paper_table",
+    "format_paper_table",
+    "write_paper_table",
+]
+
 
 def _load_result(result) -> dict:
     if isinstance(result, Mapping):

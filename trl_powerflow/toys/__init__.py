@@ -1,63 +1,7 @@
 """Toys: offline tiny models and datasets for tests and smoke runs, and the enumerable toy with its exact targets."""
 
-from .enumerable import (
-    TOY_PROMPT,
-    TOY_SECOND_PROMPT,
-    TOY_SHAPING_BONUS,
-    TOY_TOKENS,
-    build_toy_tokenizer,
-    completion_lengths,
-    completion_logprobs,
-    enumerate_completions,
-    la_tb_fixed_point,
-    la_tb_lambda,
-    power_target_logprobs,
-    save_toy_model,
-    toy_shaping_reward,
-)
-from .tiny_models import (
-    ARCHS,
-    MOE_ARCHS,
-    REWARD_ARCHS,
-    build_tiny_model,
-    build_tiny_moe_model,
-    build_tiny_reward_model,
-    build_tiny_tokenizer,
-    build_tiny_vlm,
-    save_tiny_model,
-    save_tiny_moe_model,
-    save_tiny_reward_model,
-    save_tiny_vlm,
-    tiny_image_prompt_dataset,
-    tiny_prompt_dataset,
-)
+from . import enumerable, tiny_models
+from .enumerable import *  # noqa: F403
+from .tiny_models import *  # noqa: F403
 
-__all__ = [
-    "ARCHS",
-    "MOE_ARCHS",
-    "REWARD_ARCHS",
-    "TOY_PROMPT",
-    "TOY_SECOND_PROMPT",
-    "TOY_SHAPING_BONUS",
-    "TOY_TOKENS",
-    "build_tiny_model",
-    "build_tiny_moe_model",
-    "build_tiny_reward_model",
-    "build_tiny_tokenizer",
-    "build_tiny_vlm",
-    "build_toy_tokenizer",
-    "completion_lengths",
-    "completion_logprobs",
-    "enumerate_completions",
-    "la_tb_fixed_point",
-    "la_tb_lambda",
-    "power_target_logprobs",
-    "save_tiny_model",
-    "save_tiny_moe_model",
-    "save_tiny_reward_model",
-    "save_tiny_vlm",
-    "save_toy_model",
-    "tiny_image_prompt_dataset",
-    "tiny_prompt_dataset",
-    "toy_shaping_reward",
-]
+__all__ = [*enumerable.__all__, *tiny_models.__all__]

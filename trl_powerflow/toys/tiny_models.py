@@ -8,6 +8,23 @@ import random
 
 from .model_cache import save_cached, seeded_model
 
+__all__ = [
+    "ARCHS",
+    "MOE_ARCHS",
+    "REWARD_ARCHS",
+    "build_tiny_model",
+    "build_tiny_moe_model",
+    "build_tiny_reward_model",
+    "build_tiny_tokenizer",
+    "build_tiny_vlm",
+    "save_tiny_model",
+    "save_tiny_moe_model",
+    "save_tiny_reward_model",
+    "save_tiny_vlm",
+    "tiny_image_prompt_dataset",
+    "tiny_prompt_dataset",
+]
+
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
