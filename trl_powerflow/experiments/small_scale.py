@@ -144,16 +144,24 @@ def base_model_path() -> str:
     return os.path.relpath(DIGIT_CHAIN_BASE)
 
 
-def reasoning_argv(args, out: str, seed: int, steps: int, eval_every: int, methods, extra=()) -> list[str]:
-    data = os.path.join(args.output_dir, "reasoning")
-    argv = [
+def compare_argv(args, task: str, out: str, seed: int, title: str) -> list[str]:
+    """The start of a `trl-powerflow compare` command on the task's data (`<output_dir>/<task>/{train,eval}.jsonl`)
+    with the experiment's recipe."""
+    data = os.path.join(args.output_dir, task)
+    return [
         "compare",
         "--output_dir", out,
         "--config", write_recipe(args.output_dir),
         "--dataset_name", os.path.join(data, "train.jsonl"),
         "--eval_dataset", os.path.join(data, "eval.jsonl"),
         "--seed", str(seed),
-        "--title", REASONING_TITLE,
+        "--title", title,
+    ]  # fmt: skip
+
+
+def reasoning_argv(args, out: str, seed: int, steps: int, eval_every: int, methods, extra=()) -> list[str]:
+    argv = [
+        *compare_argv(args, "reasoning", out, seed, REASONING_TITLE),
         "--model_name_or_path", base_model_path(),
         "--max_steps", str(steps),
         "--num_samples", "8",
@@ -225,13 +233,7 @@ def creative_argv(args) -> tuple[str, list[str]]:
     steps = 2 if args.quick else args.creative_steps
     quality_reward = "trl_powerflow.experiments.synthetic_tasks:poem_quality_reward"
     argv = [
-        "compare",
-        "--output_dir", out,
-        "--config", write_recipe(args.output_dir),
-        "--dataset_name", os.path.join(data, "train.jsonl"),
-        "--eval_dataset", os.path.join(data, "eval.jsonl"),
-        "--seed", str(args.seed),
-        "--title", "Rhyming couplets (tiny over-sharpened 'aligned' model)",
+        *compare_argv(args, "creative", out, args.seed, "Rhyming couplets (tiny over-sharpened 'aligned' model)"),
         "--model_name_or_path", os.path.join(data, "aligned"),
         "--max_steps", str(steps),
         "--num_samples", "16",

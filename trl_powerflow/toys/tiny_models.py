@@ -149,6 +149,24 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     return tokenizer
 
 
+def check_heads(hidden_size: int, num_attention_heads: int, num_key_value_heads: int) -> None:
+    """Raise unless hidden_size % num_attention_heads == 0 and num_attention_heads % num_key_value_heads == 0."""
+    if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
+        raise ValueError(
+            f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}), "
+            f"which must be divisible by num_key_value_heads ({num_key_value_heads})"
+        )
+
+
+def special_token_ids(tokenizer) -> dict:
+    """The eos / pad / bos ids of `tokenizer`, as config and generation-config keywords."""
+    return {
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+
+
 def build_tiny_model(
     tokenizer,
     arch: str = "qwen2",
@@ -168,17 +186,9 @@ def build_tiny_model(
     classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
     if arch not in classes:
         raise ValueError(f"Unknown arch {arch!r}; expected one of {list(ARCHS)}")
-    if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
-        raise ValueError(
-            f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}), "
-            f"which must be divisible by num_key_value_heads ({num_key_value_heads})"
-        )
+    check_heads(hidden_size, num_attention_heads, num_key_value_heads)
     config_cls, model_cls = classes[arch]
-    token_ids = {
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-    }
+    token_ids = special_token_ids(tokenizer)
     config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -270,16 +280,8 @@ def build_tiny_moe_model(
 
     if arch not in MOE_ARCHS:
         raise ValueError(f"Unknown MoE arch {arch!r}; expected one of {list(MOE_ARCHS)}")
-    if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
-        raise ValueError(
-            f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}), "
-            f"which must be divisible by num_key_value_heads ({num_key_value_heads})"
-        )
-    token_ids = {
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-    }
+    check_heads(hidden_size, num_attention_heads, num_key_value_heads)
+    token_ids = special_token_ids(tokenizer)
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -412,11 +414,7 @@ def build_tiny_vlm(hidden_size: int = 32, image_size: int = 28, patch_size: int 
         chat_template=VLM_CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,
     )
-    token_ids = {
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-    }
+    token_ids = special_token_ids(tokenizer)
     config = LlavaConfig(
         text_config={
             "model_type": "qwen2",
