@@ -233,20 +233,10 @@ def target_distance(
     return TargetDistance(lambda_hat=lam, num_valid=n, **out)
 
 
-def target_distance_metrics(
-    s_pi: torch.Tensor,
-    s_base: torch.Tensor,
-    length: torch.Tensor,
-    alpha: float,
-    group_size: int,
-    psi: torch.Tensor | None = None,
-    valid: torch.Tensor | None = None,
-    old_s_pi: torch.Tensor | None = None,
-    tilt: bool = True,
-) -> dict[str, float]:
-    """Batch means over the prompts of `target_distance`, for logging: `powerflow/target_lambda`,
+def target_distance_metrics(*args, **kwargs) -> dict[str, float]:
+    """Batch means over the prompts of `target_distance(*args, **kwargs)`, for logging: `powerflow/target_lambda`,
     `powerflow/target_kl`, `powerflow/length_distortion`, `powerflow/target_length` (E*|y|) and `powerflow/target_ess`
     (names in `METRIC_NAMES`). Groups without a valid row are left out of the means; a value is NaN when no group has
     one. Call it on the per-sequence stats gathered over all processes, so that each group is whole."""
-    est = target_distance(s_pi, s_base, length, alpha, group_size, psi, valid, old_s_pi, tilt)
+    est = target_distance(*args, **kwargs)
     return {name: float(getattr(est, field).nanmean()) for field, name in METRIC_NAMES.items()}
