@@ -204,15 +204,19 @@ def checkpoints(run_dir: str, max_steps: int) -> list[tuple[int, str]]:
     return found
 
 
-def training_log(run_dir: str) -> list[dict]:
-    """log_history of the last checkpoint's trainer_state.json (per-step training metrics), [] if absent."""
+def log_history(run_dir: str) -> list[dict]:
+    """The per-step entries of the last checkpoint's trainer_state.json log_history, [] if there is none."""
     states = [p for _, p in checkpoints(run_dir, -1) if os.path.isfile(os.path.join(p, "trainer_state.json"))]
     if not states:
         return []
     with open(os.path.join(states[-1], "trainer_state.json")) as f:
-        history = json.load(f).get("log_history", [])
+        return [h for h in json.load(f).get("log_history", []) if "step" in h]
+
+
+def training_log(run_dir: str) -> list[dict]:
+    """The training metrics of the comparison's plots and results.json, per logged step (`log_history`)."""
     keys = ("loss", "reward", "completions/mean_length", "entropy", "powerflow/residual_abs_mean", "powerflow/ess")
-    return [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in history if "step" in h]
+    return [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in log_history(run_dir)]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import math
 import os
 import platform
 
+from .compare import log_history
 from .seed_statistics import mean_interval, recovery_share
 
 SEED_KEYS = (
@@ -80,17 +81,6 @@ def metrics_at(result: dict, step: int) -> dict | None:
         if e["step"] == step:
             return e["metrics"]
     return None
-
-
-def log_history(run_dir: str) -> list[dict]:
-    """The full per-step log_history of a training run (last checkpoint's trainer_state.json)."""
-    from .compare import checkpoints
-
-    states = [p for _, p in checkpoints(run_dir, -1) if os.path.isfile(os.path.join(p, "trainer_state.json"))]
-    if not states:
-        return []
-    with open(os.path.join(states[-1], "trainer_state.json")) as f:
-        return [h for h in json.load(f).get("log_history", []) if "step" in h]
 
 
 def machine() -> str:
