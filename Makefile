@@ -19,4 +19,4 @@ format:
 	$(PY) -m ruff format trl_powerflow tests
 
 bench-quick:  ## every benchmark in its --quick mode
-	for b in step_cost waste convergence loss_cost; do $(PY) benchmarks/$$b.py --quick --out outputs/bench-quick/$$b || exit 1; done
+	for b in step_cost waste convergence loss_cost; do $(PY) -m benchmarks.$$b --quick --out outputs/bench-quick/$$b || exit 1; done

@@ -1,4 +1,4 @@
-"""Shared machinery of the PowerFlow benchmarks: environment, arms, interleaved worker processes, statistics.
+"""The timing harness of the PowerFlow benchmarks: one worker process per arm, interleaved step by step.
 
 How one comparison ("group") is timed
 -------------------------------------
@@ -16,21 +16,21 @@ GC is frozen after start-up and disabled during a step; it runs between steps, o
 Within the timed region, a few trainer methods are wrapped (on the instance, not in the package) with a clock to
 split the step into generation / base forward / old-policy forward / rewards / policy forward / head / TB metrics /
 backward / optimiser / other. Wrapping costs two `perf_counter` calls per call (a handful per step).
+
+Two parents: `run_group` runs a fixed number of rounds (`step_cost`, `waste`); `run_until` runs whole rounds until a
+deadline (`gpu_step_cost`), its children writing their record after every step. A child is
+`python -m benchmarks._bench SPEC_JSON`, started in the repository root.
 """
 
 import gc
 import json
-import math
 import os
-import platform
-import random
 import select
 import subprocess
 import sys
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(BENCH_DIR)
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -57,6 +57,8 @@ SPLIT_KEYS = (
     "optimizer",
     "other",
 )
+# The per-step lists of a worker's record.
+STEP_KEYS = ("step_time", "cpu_time", "split", "completion_tokens", "completion_min_length", "completion_max_length")
 
 
 def set_single_thread():
@@ -68,190 +70,11 @@ def set_single_thread():
     return torch
 
 
-# ------------------------------------------------------------------------------------------------- machine and stats
-def machine_info():
-    from importlib.metadata import version
-
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    ram_gb = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal"):
-                    ram_gb = round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    info = {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "ram_gb": ram_gb,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "trl": version("trl"),
-        "transformers": version("transformers"),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "threads": 1,
-        "package_commit": package_commit(),
-    }
-    return info
-
-
-def package_commit():
-    """Commit of the repository the benchmark ran on, with '+dirty' when trl_powerflow/ had local changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "trl_powerflow"],
-            cwd=REPO_DIR,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return (head + ("+dirty" if dirty else "")) or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def median(values):
-    values = sorted(v for v in values if v is not None and not math.isnan(v))
-    if not values:
-        return float("nan")
-    n = len(values)
-    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
-
-
-def bootstrap_median_ci(values, n_boot=2000, level=0.95, seed=0):
-    """Percentile bootstrap interval of the median."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if len(values) < 2:
-        m = median(values)
-        return (m, m)
-    rng = random.Random(seed)
-    meds = sorted(median(rng.choices(values, k=len(values))) for _ in range(n_boot))
-    lo = meds[int((1 - level) / 2 * n_boot)]
-    hi = meds[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
-    return (lo, hi)
-
-
-def ratio_summary(num, den):
-    """Median of paired ratios num[k] / den[k] with a bootstrap interval."""
-    ratios = [a / b for a, b in zip(num, den) if a is not None and b]
-    lo, hi = bootstrap_median_ci(ratios)
-    return {"median": median(ratios), "ci95": [lo, hi], "n": len(ratios)}
-
-
-# --------------------------------------------------------------------------------------------------------- the arms
-def cheap_reward(completions, **kwargs):
-    """The same cheap reward for every arm that needs one: share of digit characters in the completion."""
-    out = []
-    for completion in completions:
-        text = completion[-1]["content"] if isinstance(completion, list) else completion
-        out.append(sum(ch.isdigit() for ch in text) / max(len(text), 1))
-    return out
-
-
-ARMS = {
-    # name: (trainer, extra config, reward)
-    "powerflow": ("powerflow", {}, False),
-    "grpo_beta": ("grpo", {"beta": 0.04}, True),
-    "grpo_beta0": ("grpo", {"beta": 0.0}, True),
-    "powerflow_shaped": ("powerflow", {}, True),
-    "powerflow_group": ("powerflow", {"log_z_estimator": "group"}, False),
-    "powerflow_la_tb_exact": ("powerflow", {"objective": "la_tb_exact"}, False),
-    "powerflow_token_balance": ("powerflow", {"objective": "token_balance"}, False),
-    # A/A controls: identical to an arm above, in their own process; their ratio shows the process-to-process noise.
-    "grpo_beta_aa": ("grpo", {"beta": 0.04}, True),
-    "powerflow_aa": ("powerflow", {}, False),
-}
-
-ARM_LABELS = {
-    "powerflow": "PowerFlow (label-free, head)",
-    "grpo_beta": "GRPO beta=0.04",
-    "grpo_beta0": "GRPO beta=0",
-    "powerflow_shaped": "PowerFlow + same reward as psi",
-    "powerflow_group": "PowerFlow (group log Z)",
-    "powerflow_la_tb_exact": "PowerFlow, objective la_tb_exact",
-    "powerflow_token_balance": "PowerFlow, objective token_balance (value head)",
-    "grpo_beta_aa": "GRPO beta=0.04 (A/A copy)",
-    "powerflow_aa": "PowerFlow (A/A copy)",
-}
-
-
-def common_args(spec, output_dir):
-    L = spec["completion_length"]
-    G = spec["num_generations"]
-    batch = spec["prompts_per_step"] * G
-    steps = spec["warmup"] + spec["steps"]
-    use_cpu = spec.get("device", "cpu") == "cpu"
-    return dict(
-        output_dir=output_dir,
-        max_completion_length=L,
-        num_generations=G,
-        per_device_train_batch_size=batch,
-        generation_kwargs={"min_new_tokens": L},  # every completion has exactly L tokens: same work in every arm
-        max_steps=steps,
-        logging_steps=steps + 1000,  # no logging inside the timed run
-        learning_rate=1e-4,
-        lr_scheduler_type="constant",
-        bf16=False,
-        use_cpu=use_cpu,
-        report_to=[],
-        save_strategy="no",
-        gradient_checkpointing=spec.get("gradient_checkpointing", False),
-        disable_dropout=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=spec.get("seed", 0),
-    )
-
-
-def build_trainer(spec, callbacks, output_dir):
-    """Build the trainer of one arm (or of a benchmark variant registered in `_variants`)."""
-    from trl import GRPOConfig, GRPOTrainer
-
-    from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
-    from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
-
-    arm = spec["arm"]
-    dataset = tiny_prompt_dataset(n=max(64, spec["prompts_per_step"] * (spec["warmup"] + spec["steps"] + 2)))
-    args = common_args(spec, output_dir)
-    if arm in ARMS:
-        kind, extra, with_reward = ARMS[arm]
-        trainer_cls = PowerFlowTrainer
-    else:
-        import _variants
-
-        kind, extra, with_reward, trainer_cls = _variants.VARIANTS[arm]
-    args.update(extra)
-    args.update(spec.get("config", {}))
-    reward = [cheap_reward] if with_reward is True else [with_reward] if callable(with_reward) else None
-    if kind == "grpo":
-        return GRPOTrainer(
-            model=spec["model_dir"],
-            reward_funcs=reward,
-            args=GRPOConfig(**args),
-            train_dataset=dataset,
-            callbacks=callbacks,
-        )
-    return trainer_cls(
-        model=spec["model_dir"],
-        reward_funcs=reward,
-        args=PowerFlowConfig(**args),
-        train_dataset=dataset,
-        callbacks=callbacks,
-    )
+def resolve_device(device, torch):
+    """`device`, with "auto" read as cuda when torch sees a GPU, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 # ------------------------------------------------------------------------------------------------------ the worker
@@ -358,30 +181,35 @@ class _Splitter:
 
 
 def run_worker(spec_path):
-    """Child process: build one arm, then train it one step per "go" from the parent."""
+    """Child process: build one arm, then train it one step per "go" from the parent. With `spec["stream"]` (set by
+    `run_until`) the record is written after every step, so that the parent may stop the run after any round."""
     torch = set_single_thread()
     with open(spec_path) as f:
         spec = json.load(f)
-    sys.path.insert(0, BENCH_DIR)
     go_fd, ready_fd = spec["fds"]
     cuda = spec.get("device", "cpu") == "cuda"
+    stream = spec.get("stream", False)
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
-    def signal_ready():
-        os.write(ready_fd, b"r")
-
-    def wait_go():
-        data = os.read(go_fd, 1)
-        if data != b"g":
-            raise SystemExit(0)  # parent gone or told us to stop
-
     from transformers import TrainerCallback
 
-    record = {"step_time": [], "cpu_time": [], "split": [], "completion_tokens": []}
+    from benchmarks._arms import build_trainer
+
+    record = {key: [] for key in STEP_KEYS}
     sync_counts, sync_state = install_sync_counter() if spec.get("count_syncs") else (None, {})
+
+    def write_record():
+        record["peak_rss_kb"] = _read_rss_kb("VmHWM")
+        if cuda:
+            record["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+            record["cuda_reserved_peak_bytes"] = torch.cuda.max_memory_reserved()
+        tmp = spec["result_path"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, spec["result_path"])
 
     class Baton(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -392,8 +220,10 @@ def run_worker(spec_path):
                 os.sched_setaffinity(0, {int(spec["pin_cpu"])})
 
         def on_step_begin(self, args, state, control, **kwargs):
-            signal_ready()
-            wait_go()
+            os.write(ready_fd, b"r")
+            if os.read(go_fd, 1) != b"g":  # the parent stopped the run (or is gone)
+                sys.stdout.flush()
+                os._exit(0)  # with `stream`, the record of the last step is on disk
             gc.disable()
             splitter.reset()
             sync()
@@ -412,24 +242,27 @@ def run_worker(spec_path):
             split["other"] = max(0.0, elapsed - sum(v for k, v in split.items() if k != "other"))
             record["step_time"].append(elapsed)
             record["split"].append(split)
-            lengths = trainer._metrics["train"].get("completions/mean_length") or [float("nan")]
-            record["completion_tokens"].append(lengths[-1] * args.per_device_train_batch_size)
+            metrics = trainer._metrics["train"]
+            nan = [float("nan")]
+            record["completion_tokens"].append(
+                (metrics.get("completions/mean_length") or nan)[-1] * args.per_device_train_batch_size
+            )
+            record["completion_min_length"].append((metrics.get("completions/min_length") or nan)[-1])
+            record["completion_max_length"].append((metrics.get("completions/max_length") or nan)[-1])
+            if stream:
+                write_record()
             gc.collect()
 
-    output_dir = os.path.join(spec["work_dir"], "out", spec["name"])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer = build_trainer(spec, [Baton()], output_dir)
+    trainer = build_trainer(spec, [Baton()], os.path.join(spec["work_dir"], "out", spec["name"]))
     splitter = _Splitter(trainer, sync)
-    record["rss_after_init_kb"] = _read_rss_kb("VmRSS")
+    record["cuda_after_init_bytes"] = torch.cuda.memory_allocated() if cuda else None
     trainer.train()
-    record["peak_rss_kb"] = _read_rss_kb("VmHWM")
-    record["cuda_peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
     if sync_counts is not None:
         record["sync_counts_per_step"] = {k: v / max(spec["steps"], 1) for k, v in sorted(sync_counts.items())}
-    with open(spec["result_path"], "w") as f:
-        json.dump(record, f)
-    signal_ready()  # final: the run is over and the result is written
+    write_record()
+    os.write(ready_fd, b"r")  # final: the run is over and the result is written
 
 
 # ------------------------------------------------------------------------------------------------------ the parent
@@ -437,67 +270,97 @@ class WorkerError(RuntimeError):
     pass
 
 
-def run_group(specs, work_dir, rotation_offset=0, timeout=900, script=None, verbose=True):
+class _Arms:
+    """One worker process per spec (list of dicts with a unique "name"), each blocked at its next step until "go"."""
+
+    def __init__(self, specs, work_dir, timeout, stream=False):
+        os.makedirs(work_dir, exist_ok=True)
+        self.timeout = timeout
+        self.procs = []
+        env = dict(os.environ)
+        env.update(CHILD_ENV)
+        env["PYTHONPATH"] = os.pathsep.join([REPO_DIR, env.get("PYTHONPATH", "")])
+        try:
+            for spec in specs:
+                self._start(dict(spec), work_dir, env, stream)
+        except BaseException:
+            self.close(grace=0)
+            raise
+
+    def _start(self, spec, work_dir, env, stream):
+        go_r, go_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        spec.update(fds=[go_r, ready_w], work_dir=work_dir, stream=stream)
+        spec["result_path"] = os.path.join(work_dir, f"{spec['name']}.result.json")
+        spec_path = os.path.join(work_dir, f"{spec['name']}.spec.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        log_path = os.path.join(work_dir, f"{spec['name']}.log")
+        log = open(log_path, "w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._bench", spec_path],
+            pass_fds=(go_r, ready_w),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_DIR,
+        )
+        os.close(go_r)
+        os.close(ready_w)
+        self.procs.append({"spec": spec, "proc": proc, "go": go_w, "ready": ready_r, "log": log, "log_path": log_path})
+
+    def wait_ready(self, p):
+        ready, _, _ = select.select([p["ready"]], [], [], self.timeout)
+        if not ready:
+            raise WorkerError(f"{p['spec']['name']}: no answer within {self.timeout} s\n{_tail(p['log_path'])}")
+        if os.read(p["ready"], 1) != b"r":
+            p["proc"].wait()
+            raise WorkerError(f"{p['spec']['name']} exited with code {p['proc'].returncode}\n{_tail(p['log_path'])}")
+
+    def start_up(self):
+        for p in self.procs:  # start-up (imports, model loading) runs concurrently and is not timed
+            self.wait_ready(p)
+
+    def run_round(self, k):
+        """One step of every arm, one at a time, the order rotated by `k`."""
+        shift = k % len(self.procs)
+        for p in self.procs[shift:] + self.procs[:shift]:
+            os.write(p["go"], b"g")
+            self.wait_ready(p)  # the next "ready" comes when this arm reaches its next step (or finishes)
+
+    def close(self, grace):
+        """Close the pipes (a child waiting for "go" reads EOF and exits); kill what is left after `grace` s."""
+        for p in self.procs:
+            for fd in (p["go"], p["ready"]):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for p in self.procs:
+            try:
+                p["proc"].wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                p["proc"].kill()
+                p["proc"].wait()
+            p["log"].close()
+
+
+def run_group(specs, work_dir, rotation_offset=0, timeout=900, verbose=True):
     """Run the arms of `specs` (list of dicts with a unique "name") interleaved step by step; one process each.
 
     Returns {name: record} with per-step times, splits, tokens and peak memory of each arm.
     """
-    os.makedirs(work_dir, exist_ok=True)
-    script = script or os.path.join(BENCH_DIR, "step_cost.py")
-    procs = []
-    env = dict(os.environ)
-    env.update(CHILD_ENV)
-    env["PYTHONPATH"] = os.pathsep.join([BENCH_DIR, REPO_DIR, env.get("PYTHONPATH", "")])
+    arms = _Arms(specs, work_dir, timeout)
     try:
-        for spec in specs:
-            go_r, go_w = os.pipe()
-            ready_r, ready_w = os.pipe()
-            spec = dict(spec)
-            spec["fds"] = [go_r, ready_w]
-            spec["work_dir"] = work_dir
-            spec["result_path"] = os.path.join(work_dir, f"{spec['name']}.result.json")
-            spec_path = os.path.join(work_dir, f"{spec['name']}.spec.json")
-            with open(spec_path, "w") as f:
-                json.dump(spec, f)
-            log_path = os.path.join(work_dir, f"{spec['name']}.log")
-            log = open(log_path, "w")
-            proc = subprocess.Popen(
-                [sys.executable, script, "--worker", spec_path],
-                pass_fds=(go_r, ready_w),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO_DIR,
-            )
-            os.close(go_r)
-            os.close(ready_w)
-            procs.append({"spec": spec, "proc": proc, "go": go_w, "ready": ready_r, "log": log, "log_path": log_path})
-
-        def wait_ready(p):
-            ready, _, _ = select.select([p["ready"]], [], [], timeout)
-            if not ready:
-                raise WorkerError(f"{p['spec']['name']}: no answer within {timeout} s\n{_tail(p['log_path'])}")
-            data = os.read(p["ready"], 1)
-            if data != b"r":
-                p["proc"].wait()
-                raise WorkerError(
-                    f"{p['spec']['name']} exited with code {p['proc'].returncode}\n{_tail(p['log_path'])}"
-                )
-
-        for p in procs:  # start-up runs concurrently and is not timed
-            wait_ready(p)
+        arms.start_up()
         n_rounds = specs[0]["warmup"] + specs[0]["steps"]
-        n = len(procs)
         for k in range(n_rounds):
-            shift = (k + rotation_offset) % n
-            for p in procs[shift:] + procs[:shift]:
-                os.write(p["go"], b"g")
-                wait_ready(p)  # the next "ready" comes when this arm reaches its next step (or finishes)
+            arms.run_round(k + rotation_offset)
             if verbose:
                 print(f"    round {k + 1}/{n_rounds}", end="\r", file=sys.stderr, flush=True)
         results = {}
-        for p in procs:
+        for p in arms.procs:
             p["proc"].wait(timeout=timeout)
             if p["proc"].returncode != 0:
                 raise WorkerError(f"{p['spec']['name']} failed\n{_tail(p['log_path'])}")
@@ -505,16 +368,51 @@ def run_group(specs, work_dir, rotation_offset=0, timeout=900, script=None, verb
                 results[p["spec"]["name"]] = json.load(f)
         return results
     finally:
-        for p in procs:
-            for fd in (p["go"], p["ready"]):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            if p["proc"].poll() is None:
-                p["proc"].kill()
-                p["proc"].wait()
-            p["log"].close()
+        arms.close(grace=0)
+
+
+def run_until(specs, work_dir, deadline, max_rounds, warmup, grace=30.0, timeout=900):
+    """Start one process per spec, then run whole rounds (one step of every arm, rotated order) until `max_rounds`
+    or until the next round would end past `deadline` (time.monotonic(); `grace` s past it for the first timed
+    round). Returns ({name: record or None}, rounds, notes); every record keeps the same rounds."""
+    notes = []
+    arms = _Arms(specs, work_dir, timeout, stream=True)
+    try:
+        t0 = time.monotonic()
+        arms.start_up()
+        notes.append(f"start-up of {len(arms.procs)} arms: {time.monotonic() - t0:.1f} s")
+        rounds, round_times = 0, []
+        while rounds < max_rounds:
+            if round_times:
+                # Until one timed round is in, a round may end up to `grace` s past the deadline.
+                estimate = max(round_times[-2:])
+                limit = deadline + (grace if rounds < warmup + 1 else 0.0)
+                if time.monotonic() + estimate > limit:
+                    notes.append(
+                        f"stopped after {rounds} rounds: the next (~{estimate:.0f} s) would pass the deadline"
+                    )
+                    break
+            t_round = time.monotonic()
+            arms.run_round(rounds)
+            round_times.append(time.monotonic() - t_round)
+            rounds += 1
+            print(f"    round {rounds}/{max_rounds}: {round_times[-1]:.1f} s", file=sys.stderr, flush=True)
+        notes.append(f"round wall times (s): {[round(t, 2) for t in round_times]}")
+    finally:
+        arms.close(grace=60)
+    results = {}
+    for p in arms.procs:
+        try:
+            with open(p["spec"]["result_path"]) as f:
+                results[p["spec"]["name"]] = json.load(f)
+        except (OSError, ValueError):
+            results[p["spec"]["name"]] = None
+    n = min((len(r["step_time"]) for r in results.values() if r), default=0)
+    for r in results.values():  # every arm keeps the same rounds (a child may have written one step more)
+        if r:
+            for key in STEP_KEYS:
+                r[key] = r[key][:n]
+    return results, n, notes
 
 
 def _tail(path, n=40):
@@ -525,40 +423,5 @@ def _tail(path, n=40):
         return ""
 
 
-# --------------------------------------------------------------------------------------------------------- models
-MODEL_SIZES = {
-    # name: (hidden_size, num_hidden_layers)
-    "xs": (32, 2),
-    "s": (64, 2),
-    "m": (256, 4),
-}
-
-
-def default_cache_dir():
-    """Where the tiny benchmark models are saved (outside the repository)."""
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), "trl_powerflow_bench_models")
-
-
-def model_dir_for(size, cache_dir=None):
-    from trl_powerflow.toys.tiny_models import save_tiny_model
-
-    hidden, layers = MODEL_SIZES[size]
-    cache_dir = cache_dir or default_cache_dir()
-    return save_tiny_model(
-        os.path.join(cache_dir, f"tiny-qwen2-h{hidden}-l{layers}"), hidden_size=hidden, num_hidden_layers=layers
-    )
-
-
-def count_params(model_dir):
-    from safetensors import safe_open
-
-    with safe_open(os.path.join(model_dir, "model.safetensors"), "pt") as f:
-        return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
-
-
-def fmt(x, digits=3):
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.{digits}f}"
+if __name__ == "__main__":
+    run_worker(sys.argv[1])

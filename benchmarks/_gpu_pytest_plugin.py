@@ -1,6 +1,6 @@
 """pytest plugin for benchmarks/gpu_check.sh: runs the helper-built test configs on the GPU; records what ran where.
 
-Loaded with `-p _gpu_pytest_plugin` (benchmarks/ on PYTHONPATH). Environment:
+Loaded with `-p benchmarks._gpu_pytest_plugin` (the repository root on PYTHONPATH). Environment:
 
   POWERFLOW_TEST_DEVICE=cuda   helper-built configs (tests/helpers.py `powerflow_args`) use the GPU ...
   POWERFLOW_TEST_BF16=1|0      ... in bf16 (default with cuda) or float32
@@ -19,7 +19,6 @@ import json
 import os
 import sys
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _COUNTS = collections.Counter()
 
 
@@ -43,9 +42,8 @@ def _device_defaults():
 
 
 def _patch_helpers():
-    tests_dir = os.path.join(_REPO, "tests")
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
+    # tests/ is importable here: pytest put it on sys.path when it loaded tests/conftest.py (rootdir conftest,
+    # "prepend" import mode), before any pytest_configure; the test modules import `helpers` the same way.
     import helpers
 
     original = helpers.powerflow_args

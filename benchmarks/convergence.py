@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Convergence cost on the enumerable toy: steps and training seconds to reach a given exact KL.
 
 PowerFlowTrainer is trained through its public API on the toy of `trl_powerflow/toys/enumerable.py` (prompt "q",
@@ -14,26 +13,19 @@ Reported:
 steps and training seconds (sum of step times, evaluation excluded) until KL <= frac * KL_start, per seed and the
 median over seeds. The KL evaluation runs outside the timed region.
 
-    python benchmarks/convergence.py           # 6 configs x 5 seeds x 300 steps (about 2 min on 2 CPU cores)
-    python benchmarks/convergence.py --quick   # CI smoke run
+    python -m benchmarks.convergence           # 6 configs x 5 seeds x 300 steps (about 2 min on 2 CPU cores)
+    python -m benchmarks.convergence --quick   # CI smoke run
 """
 
-import argparse
-import json
 import os
-import shlex
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import _bench, _report
+from benchmarks._report import fmt, median
+from trl_powerflow.toys.objective_curves import MAX_LENGTH
 
-import _bench  # noqa: E402
-from _bench import fmt, median  # noqa: E402
-
-from trl_powerflow.toys.objective_curves import MAX_LENGTH  # noqa: E402
-
-DEFAULT_OUT = os.path.join(_bench.REPO_DIR, "docs", "benchmarks")
 CONFIGS = [
     ("la_tb", "head"),
     ("la_tb", "group"),
@@ -136,13 +128,8 @@ def markdown(result):
 
 
 def plot(result, out_dir):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
+    plt = _report.pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     colors = {f"{o}/{e}": f"C{i}" for i, (o, e) in enumerate(CONFIGS)}
@@ -170,9 +157,7 @@ def plot(result, out_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: 1 seed, 6 steps")
-    parser.add_argument("--out", default=None, help=f"output directory (default {DEFAULT_OUT}; --quick: a temp dir)")
+    parser = _report.parser(__doc__, quick_help="CI smoke run: 1 seed, 6 steps")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, nargs="*", default=None)
     parser.add_argument("--eval-every", type=int, default=None)
@@ -189,14 +174,13 @@ def main(argv=None):
     torch = _bench.set_single_thread()
     from trl_powerflow.toys.enumerable import save_toy_model
 
-    out_dir = args.out or (tempfile.mkdtemp(prefix="convergence_") if args.quick else DEFAULT_OUT)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = _report.output_dir(args.out, "convergence", temp=args.quick)
     work_dir = tempfile.mkdtemp(prefix="convergence_work_")
     model_dir = save_toy_model(os.path.join(work_dir, "toy"))
     result = {
         "meta": {
-            "command": "python benchmarks/convergence.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "machine": _bench.machine_info(),
+            "command": _report.command_line("convergence", argv),
+            "machine": _report.machine_info(),
             "alpha": args.alpha,
             "lr": args.lr,
             "log_z_lr": args.log_z_lr,
@@ -223,14 +207,9 @@ def main(argv=None):
             )
     result["summary"] = summarize(result["runs"], args.fracs)
     result["meta"]["wall_time_s"] = time.perf_counter() - t_start
-    with open(os.path.join(out_dir, "convergence.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = markdown(result)
-    with open(os.path.join(out_dir, "convergence.md"), "w") as f:
-        f.write(md)
+    _report.write_results(out_dir, "convergence", result, markdown(result))
     if not args.no_plot and not args.quick:
         plot(result, out_dir)
-    print(md)
     return result
 
 

@@ -6,10 +6,11 @@
 #      --no-deps, and the project with `pip install --no-deps -e .` (PYTHONPATH fallback);
 #   2. runs the core tests on CUDA in bf16 (POWERFLOW_TEST_DEVICE=cuda: read by tests/helpers.py when it has the
 #      switch, else applied by benchmarks/_gpu_pytest_plugin.py), then reruns the failures in float32 on CUDA;
-#   3. runs benchmarks/gpu_step_cost.py: PowerFlow vs GRPO(beta>0) vs GRPO(beta=0), interleaved, on a random
-#      Qwen2.5-0.5B-shaped model in bf16, 8 generations of 512 tokens, for the time that is left;
-#   4. writes $OUT/gpu.md and $OUT/gpu.json (benchmarks/gpu_report.py), beside gpu_check.log, pytest_cuda_*.xml and
-#      gpu_step_cost.{json,md}.
+#   3. runs `python -m benchmarks.gpu_step_cost`: PowerFlow vs GRPO(beta>0) vs GRPO(beta=0), interleaved, on a
+#      random Qwen2.5-0.5B-shaped model in bf16, 8 generations of 512 tokens, for the time that is left;
+#   4. writes $OUT/gpu.md and $OUT/gpu.json (`python -m benchmarks.gpu_report`), beside gpu_check.log,
+#      pytest_cuda_*.xml and gpu_step_cost.{json,md}.
+# The benchmarks are a package run as modules from the repository root (this script cd's there).
 # Device tool: command "bash benchmarks/gpu_check.sh", carry ["benchmarks/gpu_wheels"], timeout_s 540.
 # Exit code: 0 when the report was written (the report says what passed), 1 otherwise.
 # GPU_CHECK_DRY_RUN=1: the same flow on a CPU, for checking this script (wheels with --target into a temp dir, no
@@ -127,8 +128,9 @@ run_tests() { # pass-name bf16(0/1) wall-limit extra-args...
     t=$(date +%s)
     say "tests, $DEVICE $name (limit ${limit}s): $TEST_FILES $*"
     POWERFLOW_TEST_BF16=$bf16 POWERFLOW_GPU_DIAG_DIR="$WORK/diag_$name" \
-        PYTHONPATH="$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}" \
-        timeout -k 10 "$limit" $PY -m pytest -p _gpu_pytest_plugin "${XDIST[@]}" "${PER_TEST[@]}" -q -rfE --tb=short \
+        PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" \
+        timeout -k 10 "$limit" $PY -m pytest -p benchmarks._gpu_pytest_plugin "${XDIST[@]}" "${PER_TEST[@]}" -q -rfE \
+        --tb=short \
         --durations=10 -o cache_dir="$WORK/pytest_cache" --junitxml="$OUT/pytest_cuda_$name.xml" \
         $TEST_FILES "$@"
     rc=$?
@@ -162,14 +164,14 @@ else
     # No round starts that would end past the deadline (30 s grace for the first timed round); the hard limit leaves
     # room for that and for the arms to exit.
     # shellcheck disable=SC2086 # GPU_STEP_COST_ARGS: extra options, split on spaces
-    timeout -k 5 $((bench_left + 50)) $PY benchmarks/gpu_step_cost.py --device "$DEVICE" --out "$OUT" \
+    timeout -k 5 $((bench_left + 50)) $PY -m benchmarks.gpu_step_cost --device "$DEVICE" --out "$OUT" \
         --deadline-s "$bench_left" --grace-s 30 --model-dir "$WORK/model" "${BENCH_ARGS[@]}" ${GPU_STEP_COST_ARGS:-}
     rc=$?
     phase step_cost $(($(date +%s) - t)) $rc "$([ $rc -eq 124 ] && echo "killed at the hard limit")"
 fi
 
 # ------------------------------------------------------------------------------------------------- 4. report
-$PY benchmarks/gpu_report.py --out "$OUT" --work "$WORK" >/dev/null
+$PY -m benchmarks.gpu_report --out "$OUT" --work "$WORK" >/dev/null
 report_rc=$?
 say "done in $(elapsed)s; report rc $report_rc: $OUT/gpu.md"
 [ $report_rc -eq 0 ] && [ -f "$OUT/gpu.md" ] && cat "$OUT/gpu.md"

@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """Assemble `$OUT/gpu.md` and `$OUT/gpu.json` for benchmarks/gpu_check.sh: card, versions, install notes, the CUDA
 test passes (JUnit XML + the `_gpu_pytest_plugin` diagnostics) and the step-cost result of `gpu_step_cost.py`.
 
-    python benchmarks/gpu_report.py --out $OUT --work $WORK
+    python -m benchmarks.gpu_report --out $OUT --work $WORK
 Reads from WORK: phases.tsv (name, seconds, exit code, note), install.txt, switch.txt, diag_<pass>/diag-*.json;
 from OUT: pytest_cuda_<pass>.xml, gpu_step_cost.json / .md. Every input is optional: what is missing is said so.
 """

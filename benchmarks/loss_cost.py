@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Micro-benchmark of the training forward + loss + backward alone, PowerFlow vs GRPO, on one fixed batch.
 
-`step_cost.py` times whole optimizer steps, where generation dominates on small models and per-step noise is a few
+`step_cost` times whole optimizer steps, where generation dominates on small models and per-step noise is a few
 percent. This script isolates the part of the step where PowerFlow's code differs from GRPO's (the loss forward with
 the head and the TB loss and metrics, and its backward), in one process, on the *same* completions for every arm,
 interleaved call by call with a rotated order, many repetitions. Arms:
@@ -12,25 +11,19 @@ interleaved call by call with a rotated order, many repetitions. Arms:
   grpo_beta   GRPO loss with beta = 0.04 (reads the reference log-probs, adds the KL term)
   grpo_beta0  GRPO loss with beta = 0
 
-    python benchmarks/loss_cost.py           # models s and m, 60 repetitions (about 2 min)
-    python benchmarks/loss_cost.py --quick   # CI smoke run
+    python -m benchmarks.loss_cost           # models s and m, 60 repetitions (about 2 min)
+    python -m benchmarks.loss_cost --quick   # CI smoke run
 """
 
-import argparse
 import gc
-import json
 import os
-import shlex
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import _arms, _bench, _report
+from benchmarks._report import fmt, median, ratio_summary
 
-import _bench  # noqa: E402
-from _bench import fmt, median, ratio_summary  # noqa: E402
-
-DEFAULT_OUT = os.path.join(_bench.REPO_DIR, "docs", "benchmarks")
 ARMS = {
     "pf_head": ("powerflow", {}),
     "pf_detach": ("powerflow", {"log_z_detach_features": True}),
@@ -51,11 +44,11 @@ def build(kind, extra, spec, work_dir, dataset):
 
     from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
 
-    args = _bench.common_args(spec, os.path.join(work_dir, "out"))
+    args = _arms.common_args(spec, os.path.join(work_dir, "out"))
     args.update(extra)
     if kind == "grpo":
         trainer = GRPOTrainer(
-            model=spec["model_dir"], reward_funcs=[_bench.cheap_reward], args=GRPOConfig(**args), train_dataset=dataset
+            model=spec["model_dir"], reward_funcs=[_arms.cheap_reward], args=GRPOConfig(**args), train_dataset=dataset
         )
     else:
         trainer = PowerFlowTrainer(model=spec["model_dir"], args=PowerFlowConfig(**args), train_dataset=dataset)
@@ -70,7 +63,7 @@ def run_config(cfg, reps, warmup, cache_dir, work_dir):
 
     from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
-    model_dir = _bench.model_dir_for(cfg["model"], cache_dir)
+    model_dir = _arms.model_dir_for(cfg["model"], cache_dir)
     spec = {**cfg, "model_dir": model_dir, "warmup": 0, "steps": 1, "arm": "loss"}
     dataset = tiny_prompt_dataset(16)
     trainers = {name: build(kind, extra, spec, work_dir, dataset) for name, (kind, extra) in ARMS.items()}
@@ -130,7 +123,7 @@ def run_config(cfg, reps, warmup, cache_dir, work_dir):
     diffs = [a - b for a, b in zip(cpu["pf_head"], cpu["pf_group"])]
     out["head_cost_ms"] = {
         "median": 1000 * median(diffs),
-        "ci95": [1000 * x for x in _bench.bootstrap_median_ci(diffs)],
+        "ci95": [1000 * x for x in _report.bootstrap_median_ci(diffs)],
     }
     return out
 
@@ -165,9 +158,7 @@ def markdown(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=None)
+    parser = _report.parser(__doc__, quick_help="CI smoke run: model xs, 3 repetitions")
     parser.add_argument("--configs", nargs="*", default=None, help=f"of {list(CONFIGS)}")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
@@ -176,13 +167,12 @@ def main(argv=None):
     reps = args.reps or (3 if args.quick else 60)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     configs = args.configs or (["quick"] if args.quick else ["model=s", "model=m"])
-    out_dir = args.out or (tempfile.mkdtemp(prefix="loss_cost_") if args.quick else DEFAULT_OUT)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = _report.output_dir(args.out, "loss_cost", temp=args.quick)
     work_dir = tempfile.mkdtemp(prefix="loss_cost_work_")
     result = {
         "meta": {
-            "command": "python benchmarks/loss_cost.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "machine": _bench.machine_info(),
+            "command": _report.command_line("loss_cost", argv),
+            "machine": _report.machine_info(),
             "reps": reps,
             "warmup": warmup,
             "arms": {k: v[1] for k, v in ARMS.items()},
@@ -193,15 +183,10 @@ def main(argv=None):
         t0 = time.perf_counter()
         result["configs"][cname] = {
             "config": CONFIGS[cname],
-            **run_config(CONFIGS[cname], reps, warmup, _bench.default_cache_dir(), work_dir),
+            **run_config(CONFIGS[cname], reps, warmup, _arms.default_cache_dir(), work_dir),
         }
         print(f"  {cname}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    with open(os.path.join(out_dir, "loss_cost.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = markdown(result)
-    with open(os.path.join(out_dir, "loss_cost.md"), "w") as f:
-        f.write(md)
-    print(md)
+    _report.write_results(out_dir, "loss_cost", result, markdown(result))
     return result
 
 

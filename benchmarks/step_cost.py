@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Step cost of PowerFlowTrainer against GRPOTrainer on the same config, and how it grows.
 
 Arms (same tiny model, data, batch, generation settings and seed; completions forced to exactly
@@ -10,34 +9,29 @@ Arms (same tiny model, data, batch, generation settings and seed; completions fo
   (optional: powerflow_shaped = PowerFlow with the same cheap reward as psi; powerflow_group = group log Z;
   powerflow_la_tb_exact, powerflow_token_balance = the other objectives, also timed against `powerflow`)
 
-Arms run in separate processes, interleaved step by step with the order rotated every round (see `_bench.py`).
+Arms run in separate processes, interleaved step by step with the order rotated every round (see `_bench`).
 Reported per grid point: median step time per arm, the median of the per-round ratios with a bootstrap 95% interval,
 peak RSS (VmHWM) per arm, CUDA peak when a GPU is used, completion tokens per second and where PowerFlow's step
 time goes.
 
-    python benchmarks/step_cost.py                 # default grid (about 10-15 min on 2 CPU cores)
-    python benchmarks/step_cost.py --quick         # CI smoke run (one tiny point, a few seconds + start-up)
-    python benchmarks/step_cost.py --full          # more repeats/steps, longer completions, checkpointing on/off
-    python benchmarks/step_cost.py --points center # only some points (see --list)
+    python -m benchmarks.step_cost                 # default grid (about 10-15 min on 2 CPU cores)
+    python -m benchmarks.step_cost --quick         # CI smoke run (one tiny point, a few seconds + start-up)
+    python -m benchmarks.step_cost --full          # more repeats/steps, longer completions, checkpointing on/off
+    python -m benchmarks.step_cost --points center # only some points (see --list)
 
 Writes <out>/step_cost.json, <out>/step_cost.md and (with matplotlib) <out>/step_cost_scaling.png,
 <out>/step_cost_split.png.
 """
 
-import argparse
-import json
 import os
-import shlex
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import _arms, _bench, _report
+from benchmarks._bench import SPLIT_KEYS
+from benchmarks._report import fmt, median, pooled, ratio_summary
 
-import _bench  # noqa: E402
-from _bench import SPLIT_KEYS, fmt, median, ratio_summary  # noqa: E402
-
-DEFAULT_OUT = os.path.join(_bench.REPO_DIR, "docs", "benchmarks")
 CENTER = {"model": "s", "completion_length": 64, "num_generations": 8, "prompts_per_step": 2}
 MAIN_ARMS = ["powerflow", "grpo_beta", "grpo_beta0"]
 TIME_TARGET = 1.00  # PowerFlow / GRPO(beta>0) step time with the defaults
@@ -67,36 +61,27 @@ def settings_for(mode, args):
         "default": {"repeats": 3, "warmup": 3, "steps": 12},
         "full": {"repeats": 4, "warmup": 3, "steps": 25},
     }[mode]
-    for key in ("repeats", "warmup", "steps"):
-        if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
-    return s
+    return _report.overridden(s, args)
 
 
 def run_point(name, overrides, arms, settings, cache_dir, work_dir, device, seed, pin_cpu):
     cfg = dict(CENTER)
     cfg.update(overrides)
-    model_dir = _bench.model_dir_for(cfg["model"], cache_dir)
+    model_dir = _arms.model_dir_for(cfg["model"], cache_dir)
     records = {arm: [] for arm in arms}  # one record per repeat
     for r in range(settings["repeats"]):
-        specs = []
-        for arm in arms:
-            specs.append(
-                {
-                    "name": f"{arm}.r{r}",
-                    "arm": arm,
-                    "model_dir": model_dir,
-                    "completion_length": cfg["completion_length"],
-                    "num_generations": cfg["num_generations"],
-                    "prompts_per_step": cfg["prompts_per_step"],
-                    "gradient_checkpointing": cfg.get("gradient_checkpointing", False),
-                    "warmup": settings["warmup"],
-                    "steps": settings["steps"],
-                    "seed": seed,
-                    "device": device,
-                    "pin_cpu": pin_cpu,
-                }
-            )
+        specs = _arms.arm_specs(
+            arms,
+            f"r{r}",
+            model_dir,
+            cfg,
+            settings["warmup"],
+            settings["steps"],
+            seed=seed,
+            device=device,
+            gradient_checkpointing=cfg.get("gradient_checkpointing", False),
+            pin_cpu=pin_cpu,
+        )
         t0 = time.perf_counter()
         out = _bench.run_group(specs, os.path.join(work_dir, name.replace("=", "_"), f"r{r}"), rotation_offset=r)
         print(f"  {name} repeat {r + 1}/{settings['repeats']}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -108,14 +93,12 @@ def run_point(name, overrides, arms, settings, cache_dir, work_dir, device, seed
 def summarize_point(records, warmup):
     """Pool the timed rounds of every repeat; ratios are per round (same round = steps seconds apart)."""
     arms = list(records)
-    times = {a: [t for rec in records[a] for t in rec["step_time"][warmup:]] for a in arms}
-    cpu = {a: [t for rec in records[a] for t in rec["cpu_time"][warmup:]] for a in arms}
-    splits = {a: [s for rec in records[a] for s in rec["split"][warmup:]] for a in arms}
-    tokens = {a: [t for rec in records[a] for t in rec["completion_tokens"][warmup:]] for a in arms}
+    times, cpu = pooled(records, "step_time", warmup), pooled(records, "cpu_time", warmup)
+    splits, tokens = pooled(records, "split", warmup), pooled(records, "completion_tokens", warmup)
     arm_out = {}
     for a in arms:
         med = median(times[a])
-        lo, hi = _bench.bootstrap_median_ci(times[a])
+        lo, hi = _report.bootstrap_median_ci(times[a])
         tok = median(tokens[a])
         rss = [rec["peak_rss_kb"] / 1024 for rec in records[a] if rec.get("peak_rss_kb")]
         cuda = [rec["cuda_peak_bytes"] / 2**20 for rec in records[a] if rec.get("cuda_peak_bytes")]
@@ -150,7 +133,7 @@ def summarize_point(records, warmup):
         implied = [1.0 + b / t for b, t in zip(base, times["grpo_beta0"]) if t]
         out["implied_one_forward_ratio"] = {
             "median": median(implied),
-            "ci95": list(_bench.bootstrap_median_ci(implied)),
+            "ci95": list(_report.bootstrap_median_ci(implied)),
         }
     if "powerflow" in arm_out and "grpo_beta" in arm_out and arm_out["grpo_beta"]["peak_rss_mb"]:
         out["rss_ratio_powerflow/grpo_beta"] = (
@@ -245,22 +228,15 @@ def markdown(result):
                         + (f"; to PowerFlow (LA-TB) {ci_str(to_la_tb)}" if to_la_tb else "")
                         + f"; peak RSS {fmt(peak, 0)} MB"
                     )
-    lines += [
-        "",
+    lines += _report.split_table(
         "### Where the step time goes (median ms per step)",
-        "",
-        "| point | arm | " + " | ".join(SPLIT_KEYS) + " | total |",
-        "|---|---|" + "---|" * (len(SPLIT_KEYS) + 1),
-    ]
-    for p in result["points"]:
-        for arm in p["arms"]:
-            s = p["arms"][arm]["split_s"]
-            total = p["arms"][arm]["step_time_s"]["median"]
-            lines.append(
-                f"| {p['name']} | {arm} | "
-                + " | ".join(fmt(1000 * s[k], 1) for k in SPLIT_KEYS)
-                + f" | {fmt(1000 * total, 1)} |"
-            )
+        ["point", "arm"],
+        [
+            ([p["name"], arm], a["split_s"], a["step_time_s"]["median"])
+            for p in result["points"]
+            for arm, a in p["arms"].items()
+        ],
+    )
     lines += ["", "### Targets", ""]
     for key, label in [
         ("time_vs_grpo_beta<=1.00", "step time PowerFlow / GRPO(beta>0) <= 1.00"),
@@ -291,13 +267,8 @@ def markdown(result):
 
 
 def plot(result, out_dir):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
+    plt = _report.pyplot()
+    if plt is None:
         return []
     points = result["points"]
     center = next((p for p in points if p["axis"] == "center"), None)
@@ -310,10 +281,10 @@ def plot(result, out_dir):
     for ax, (axis, label) in zip(axes, axes_spec):
         pts = [p for p in points if p["axis"] == axis] + ([center] if center else [])
         if axis == "model":
-            order = list(_bench.MODEL_SIZES)
+            order = list(_arms.MODEL_SIZES)
             pts.sort(key=lambda p: order.index(p["config"]["model"]))
             xs = list(range(len(pts)))
-            ticks = [f"{p['config']['model']} {_bench.MODEL_SIZES[p['config']['model']]}" for p in pts]
+            ticks = [f"{p['config']['model']} {_arms.MODEL_SIZES[p['config']['model']]}" for p in pts]
         else:
             pts.sort(key=lambda p: p["config"][axis])
             xs = [p["config"][axis] for p in pts]
@@ -373,24 +344,17 @@ def plot(result, out_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="CI smoke run: one tiny point, 1 repeat, 2 steps")
     mode.add_argument("--full", action="store_true", help="more repeats and steps, L up to 512, checkpointing")
-    parser.add_argument("--out", default=None, help=f"output directory (default {DEFAULT_OUT}; --quick: a temp dir)")
+    _report.add_out_option(parser)
     parser.add_argument("--points", nargs="*", default=None, help="names of grid points to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the grid points and exit")
-    parser.add_argument(
-        "--arms",
-        nargs="*",
-        default=None,
-        help=f"arms (default {MAIN_ARMS}); also: {[a for a in _bench.ARMS if a not in MAIN_ARMS]}",
+    _report.add_arm_options(
+        parser, f"arms (default {MAIN_ARMS}); also: {[a for a in _arms.ARMS if a not in MAIN_ARMS]}"
     )
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per arm per repeat")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed first steps per arm per repeat")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _report.add_settings_options(parser)
     parser.add_argument("--pin-cpu", type=int, default=None, help="pin every arm to this core once started")
     parser.add_argument(
         "--cache-dir",
@@ -398,11 +362,7 @@ def main(argv=None):
         help="where the tiny models are saved (default: under the temp dir)",
     )
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        _bench.run_worker(args.worker)
-        return None
 
     mode_name = "quick" if args.quick else "full" if args.full else "default"
     points = grid(mode_name)
@@ -415,33 +375,29 @@ def main(argv=None):
         if not points:
             parser.error("no grid point matches --points; see --list")
     arms = args.arms or list(MAIN_ARMS)
-    import _variants
+    from benchmarks import _variants
 
     for a in arms:
-        if a not in _bench.ARMS and a not in _variants.VARIANTS:
-            parser.error(f"unknown arm {a!r}; choose from {list(_bench.ARMS) + list(_variants.VARIANTS)}")
+        if a not in _arms.ARMS and a not in _variants.VARIANTS:
+            parser.error(f"unknown arm {a!r}; choose from {list(_arms.ARMS) + list(_variants.VARIANTS)}")
     settings = settings_for(mode_name, args)
-    out_dir = args.out or (tempfile.mkdtemp(prefix="step_cost_") if args.quick else DEFAULT_OUT)
-    os.makedirs(out_dir, exist_ok=True)
-    cache_dir = args.cache_dir or _bench.default_cache_dir()
+    out_dir = _report.output_dir(args.out, "step_cost", temp=args.quick)
+    cache_dir = args.cache_dir or _arms.default_cache_dir()
     work_dir = tempfile.mkdtemp(prefix="step_cost_work_")
 
     torch = _bench.set_single_thread()
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    command = "python benchmarks/step_cost.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    device = _bench.resolve_device(args.device, torch)
     result = {
         "meta": {
-            "command": command.strip(),
+            "command": _report.command_line("step_cost", argv),
             "mode": mode_name,
-            "machine": _bench.machine_info(),
+            "machine": _report.machine_info(),
             "settings": settings,
             "arms": arms,
             "center": CENTER,
             "device": device,
-            "model_sizes": {k: {"hidden_size": h, "num_hidden_layers": n} for k, (h, n) in _bench.MODEL_SIZES.items()},
-            "arm_labels": {a: _bench.ARM_LABELS.get(a, a) for a in arms},
+            "model_sizes": {k: {"hidden_size": h, "num_hidden_layers": n} for k, (h, n) in _arms.MODEL_SIZES.items()},
+            "arm_labels": _arms.arm_labels(arms),
             "reward": "GRPO arms (and powerflow_shaped): cheap_reward = share of digit characters; "
             "powerflow: label-free, no reward function, no reward computed",
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -455,14 +411,13 @@ def main(argv=None):
         cfg, model_dir, summary = run_point(
             name, over, arms, settings, cache_dir, work_dir, device, args.seed, args.pin_cpu
         )
-        cfg["params"] = _bench.count_params(model_dir)
+        cfg["params"] = _arms.count_params(model_dir)
         summary["loadavg_1min_after"] = os.getloadavg()[0]
         result["points"].append({"name": name, "axis": axis, "config": cfg, **summary})
         r = summary["ratios"]
         msg = ", ".join(f"{k} {ci_str(v)}" for k, v in r.items())
         print(f"  {msg}", file=sys.stderr)
-        with open(os.path.join(out_dir, "step_cost.json"), "w") as f:  # partial results survive an interruption
-            json.dump(result, f, indent=1)
+        _report.write_json(out_dir, "step_cost", result)  # partial results survive an interruption
     result["meta"]["wall_time_s"] = time.perf_counter() - t_start
     targets = {}
     for p in result["points"]:
@@ -471,14 +426,9 @@ def main(argv=None):
                 p["name"]
             )
     result["targets"] = targets
-    with open(os.path.join(out_dir, "step_cost.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = markdown(result)
-    with open(os.path.join(out_dir, "step_cost.md"), "w") as f:
-        f.write(md)
+    _report.write_results(out_dir, "step_cost", result, markdown(result))
     if not args.no_plot and mode_name != "quick":
         plot(result, out_dir)
-    print(md)
     print(f"wrote {out_dir}/step_cost.json and step_cost.md in {result['meta']['wall_time_s']:.0f} s", file=sys.stderr)
     return result
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Before/after figures for the pieces of per-step work PowerFlow must not pay for.
 
-Each item compares two arms, interleaved step by step in separate processes like `step_cost.py`:
+Each item compares two arms, interleaved step by step in separate processes like `step_cost`:
 
   old_pass        no old-policy log-prob pass when training is fully on-policy (w = 1):
                   before = `pf_force_old_pass` (always runs it), after = `powerflow` (the trainer as it is)
@@ -16,24 +15,19 @@ Each item compares two arms, interleaved step by step in separate processes like
 plus a count of host reads (`.item()`, `.tolist()`, `.cpu()`, `bool(tensor)`, ...) per optimizer step by call site for
 PowerFlow and GRPO: each is a host/device synchronisation on an accelerator when the tensor is on the device.
 
-    python benchmarks/waste.py            # default (about 8 min on 2 CPU cores)
-    python benchmarks/waste.py --quick    # CI smoke run
+    python -m benchmarks.waste            # default (about 8 min on 2 CPU cores)
+    python -m benchmarks.waste --quick    # CI smoke run
 """
 
-import argparse
-import json
 import os
-import shlex
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import _arms, _bench, _report
+from benchmarks._bench import SPLIT_KEYS
+from benchmarks._report import fmt, median, pooled, ratio_summary
 
-import _bench  # noqa: E402
-from _bench import SPLIT_KEYS, fmt, median, ratio_summary  # noqa: E402
-
-DEFAULT_OUT = os.path.join(_bench.REPO_DIR, "docs", "benchmarks")
 ITEMS = [
     ("old_pass", "no old-policy log-prob pass when on-policy (w = 1)", "pf_force_old_pass", "powerflow", "in trainer"),
     ("reward", "no reward computation without reward functions", "pf_zero_reward", "powerflow", "in trainer"),
@@ -71,28 +65,13 @@ CONFIGS = {
 
 
 def specs_for(arms, cfg, model_dir, settings, tag, count_syncs=False, device="cpu", seed=0):
-    return [
-        {
-            "name": f"{arm}.{tag}",
-            "arm": arm,
-            "model_dir": model_dir,
-            "completion_length": cfg["completion_length"],
-            "num_generations": cfg["num_generations"],
-            "prompts_per_step": cfg["prompts_per_step"],
-            "warmup": settings["warmup"],
-            "steps": settings["steps"],
-            "seed": seed,
-            "device": device,
-            "count_syncs": count_syncs,
-        }
-        for arm in arms
-    ]
+    extra = {"seed": seed, "device": device, "count_syncs": count_syncs}
+    return _arms.arm_specs(arms, tag, model_dir, cfg, settings["warmup"], settings["steps"], **extra)
 
 
 def summarize(records, warmup):
-    times = {a: [t for rec in recs for t in rec["step_time"][warmup:]] for a, recs in records.items()}
-    cpu = {a: [t for rec in recs for t in rec["cpu_time"][warmup:]] for a, recs in records.items()}
-    splits = {a: [s for rec in recs for s in rec["split"][warmup:]] for a, recs in records.items()}
+    times, cpu = pooled(records, "step_time", warmup), pooled(records, "cpu_time", warmup)
+    splits = pooled(records, "split", warmup)
     arms = {
         a: {
             "step_time_s": median(times[a]),
@@ -116,7 +95,7 @@ def summarize(records, warmup):
             "after_s": arms[after]["step_time_s"],
             "ratio_before/after": ratio_summary(times[before], times[after]),
             "cpu_ratio_before/after": ratio_summary(cpu[before], cpu[after]),
-            "saved_s_per_step": {"median": median(diffs), "ci95": list(_bench.bootstrap_median_ci(diffs))},
+            "saved_s_per_step": {"median": median(diffs), "ci95": list(_report.bootstrap_median_ci(diffs))},
             "rss_before_mb": arms[before]["peak_rss_mb"],
             "rss_after_mb": arms[after]["peak_rss_mb"],
         }
@@ -158,20 +137,15 @@ def markdown(result):
                 f"| {fmt(it['cpu_ratio_before/after']['median'])} "
                 f"| {fmt(it['rss_before_mb'], 0)} / {fmt(it['rss_after_mb'], 0)} |"
             )
-    lines += [
-        "",
+    lines += _report.split_table(
         "Median ms per step by phase:",
-        "",
-        "| config | arm | " + " | ".join(SPLIT_KEYS) + " | total |",
-        "|---|---|" + "---|" * (len(SPLIT_KEYS) + 1),
-    ]
-    for cname, c in result["configs"].items():
-        for arm, a in c["arms"].items():
-            lines.append(
-                f"| {cname} | {arm} | "
-                + " | ".join(fmt(1000 * a["split_s"][k], 1) for k in SPLIT_KEYS)
-                + f" | {fmt(1000 * a['step_time_s'], 1)} |"
-            )
+        ["config", "arm"],
+        [
+            ([cname, arm], a["split_s"], a["step_time_s"])
+            for cname, c in result["configs"].items()
+            for arm, a in c["arms"].items()
+        ],
+    )
     if result.get("syncs"):
         lines += [
             "",
@@ -192,35 +166,22 @@ def markdown(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CI smoke run (one tiny config, 2 steps)")
-    parser.add_argument("--out", default=None, help=f"output directory (default {DEFAULT_OUT}; --quick: a temp dir)")
+    parser = _report.parser(__doc__, quick_help="CI smoke run (one tiny config, 2 steps)")
     parser.add_argument("--configs", nargs="*", default=None, help=f"of {list(CONFIGS)}")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=None)
+    _report.add_settings_options(parser)
     parser.add_argument("--no-syncs", action="store_true", help="skip the host-read count")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        _bench.run_worker(args.worker)
-        return None
     settings = {"repeats": 1, "warmup": 1, "steps": 2} if args.quick else {"repeats": 2, "warmup": 3, "steps": 12}
-    for key in ("repeats", "warmup", "steps"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+    settings = _report.overridden(settings, args)
     configs = args.configs or (["quick"] if args.quick else ["center", "model=m"])
-    out_dir = args.out or (tempfile.mkdtemp(prefix="waste_") if args.quick else DEFAULT_OUT)
-    os.makedirs(out_dir, exist_ok=True)
-    cache_dir = _bench.default_cache_dir()
+    out_dir = _report.output_dir(args.out, "waste", temp=args.quick)
+    cache_dir = _arms.default_cache_dir()
     work_dir = tempfile.mkdtemp(prefix="waste_work_")
-    torch = _bench.set_single_thread()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    script = os.path.abspath(__file__)
+    device = _bench.resolve_device("auto", _bench.set_single_thread())
     result = {
         "meta": {
-            "command": "python benchmarks/waste.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "machine": _bench.machine_info(),
+            "command": _report.command_line("waste", argv),
+            "machine": _report.machine_info(),
             "settings": settings,
             "items": [{"key": k, "label": lab, "before": b, "after": a, "status": s} for k, lab, b, a, s in ITEMS],
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -230,24 +191,21 @@ def main(argv=None):
     t_start = time.perf_counter()
     for cname in configs:
         cfg = CONFIGS[cname]
-        model_dir = _bench.model_dir_for(cfg["model"], cache_dir)
+        model_dir = _arms.model_dir_for(cfg["model"], cache_dir)
         # The quick run starts only the arms that exercise the benchmark's own trainer variants (4 processes).
         arms = QUICK_ARMS if args.quick else TIMING_ARMS
         records = {a: [] for a in arms}
         for r in range(settings["repeats"]):
             specs = specs_for(arms, cfg, model_dir, settings, f"r{r}", count_syncs=args.quick, device=device)
             t0 = time.perf_counter()
-            out = _bench.run_group(
-                specs, os.path.join(work_dir, cname.replace("=", "_"), f"r{r}"), rotation_offset=r, script=script
-            )
+            out = _bench.run_group(specs, os.path.join(work_dir, cname.replace("=", "_"), f"r{r}"), rotation_offset=r)
             print(f"  {cname} repeat {r + 1}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             for a in arms:
                 records[a].append(out[f"{a}.r{r}"])
             if args.quick and r == 0:
                 sync_out = out  # the quick run counts host reads in its only group
         result["configs"][cname] = {"config": cfg, **summarize(records, settings["warmup"])}
-        with open(os.path.join(out_dir, "waste.json"), "w") as f:
-            json.dump(result, f, indent=1)
+        _report.write_json(out_dir, "waste", result)
 
     if not args.no_syncs:
         if not args.quick:
@@ -256,13 +214,13 @@ def main(argv=None):
             specs = specs_for(
                 SYNC_ARMS,
                 cfg,
-                _bench.model_dir_for(cfg["model"], cache_dir),
+                _arms.model_dir_for(cfg["model"], cache_dir),
                 sync_settings,
                 "sync",
                 count_syncs=True,
                 device=device,
             )
-            sync_out = _bench.run_group(specs, os.path.join(work_dir, "sync"), script=script)
+            sync_out = _bench.run_group(specs, os.path.join(work_dir, "sync"))
         result["syncs"] = {}
         packages = set()
         for name, rec in sync_out.items():
@@ -278,12 +236,7 @@ def main(argv=None):
             }
         result["sync_packages"] = sorted(packages)
     result["meta"]["wall_time_s"] = time.perf_counter() - t_start
-    with open(os.path.join(out_dir, "waste.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = markdown(result)
-    with open(os.path.join(out_dir, "waste.md"), "w") as f:
-        f.write(md)
-    print(md)
+    _report.write_results(out_dir, "waste", result, markdown(result))
     print(f"wrote {out_dir}/waste.json and waste.md in {result['meta']['wall_time_s']:.0f} s", file=sys.stderr)
     return result
 

@@ -19,7 +19,7 @@ def quick_results(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     procs = {}
     for name in SCRIPTS:
-        cmd = [sys.executable, os.path.join(REPO, "benchmarks", f"{name}.py"), "--quick", "--out", str(base / name)]
+        cmd = [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(base / name)]
         procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     results = {}
     try:
