@@ -32,74 +32,40 @@ def chat(*contents):
     return [{"role": "user", "content": content} for content in contents]
 
 
+def bad_data(content, match, *extra):
+    """A case whose data file d.jsonl (`--dataset_name`) holds `content`: ValueError matching `match`."""
+    return {"d.jsonl": content}, ["--dataset_name", "{tmp}/d.jsonl", *extra], ValueError, match
+
+
 # case: (files to write {name: text or bytes}, extra argv with {tmp} for the temporary folder, error, message fragment)
 CASES = {
     # data
     "missing_dataset_file": ({}, ["--dataset_name", "{tmp}/missing.jsonl"], FileNotFoundError, "does not exist"),
-    "empty_dataset_file": ({"d.jsonl": ""}, ["--dataset_name", "{tmp}/d.jsonl"], ValueError, "is empty"),
-    "blank_dataset_file": ({"d.jsonl": "\n  \n"}, ["--dataset_name", "{tmp}/d.jsonl"], ValueError, "is empty"),
-    "malformed_jsonl": (
-        {"d.jsonl": '{"prompt": "What is 1 + 1?"}\n{"prompt": \n'},
-        ["--dataset_name", "{tmp}/d.jsonl"],
-        ValueError,
-        "line 2 is not valid JSON.*one JSON object per line",
+    "empty_dataset_file": bad_data("", "is empty"),
+    "blank_dataset_file": bad_data("\n  \n", "is empty"),
+    "malformed_jsonl": bad_data(
+        '{"prompt": "What is 1 + 1?"}\n{"prompt": \n', "line 2 is not valid JSON.*one JSON object per line"
     ),
-    "jsonl_of_strings": (
-        {"d.jsonl": '"What is 1 + 1?"\n'},
-        ["--dataset_name", "{tmp}/d.jsonl"],
-        ValueError,
-        "line 1 is a string, not a JSON object",
-    ),
-    "not_utf8": ({"d.jsonl": b"\xff\xfe\x00\x01\n"}, ["--dataset_name", "{tmp}/d.jsonl"], ValueError, "not UTF-8"),
+    "jsonl_of_strings": bad_data('"What is 1 + 1?"\n', "line 1 is a string, not a JSON object"),
+    "not_utf8": bad_data(b"\xff\xfe\x00\x01\n", "not UTF-8"),
     "unsupported_extension": ({"d.txt": "hi\n"}, ["--dataset_name", "{tmp}/d.txt"], ValueError, "unsupported exten"),
-    "no_prompt_column": (
-        {"d.jsonl": jsonl({"question": "What is 1 + 1?"})},
-        ["--dataset_name", "{tmp}/d.jsonl"],
-        ValueError,
-        "no column 'prompt'.*--prompt_column",
+    "no_prompt_column": bad_data(jsonl({"question": "What is 1 + 1?"}), "no column 'prompt'.*--prompt_column"),
+    "empty_prompt": bad_data(jsonl({"prompt": ""}), r"row 0 \(0-based\): the prompt is blank.*fix or remove"),
+    "whitespace_prompt": bad_data(
+        jsonl({"prompt": "What is 1 + 1?"}, {"prompt": " \n\t"}), "the first is row 1 .*blank"
     ),
-    "empty_prompt": (
-        {"d.jsonl": jsonl({"prompt": ""})},
-        ["--dataset_name", "{tmp}/d.jsonl"],
-        ValueError,
-        r"row 0 \(0-based\): the prompt is blank.*fix or remove",
+    "empty_message_list": bad_data(
+        jsonl({"prompt": chat("What is 1 + 1?")}, {"prompt": []}), "row 1 .*empty list of messages"
     ),
-    "whitespace_prompt": (
-        {"d.jsonl": jsonl({"prompt": "What is 1 + 1?"}, {"prompt": " \n\t"})},
-        ["--dataset_name", "{tmp}/d.jsonl"],
-        ValueError,
-        "the first is row 1 .*blank",
-    ),
-    "empty_message_list": (
-        {"d.jsonl": jsonl({"prompt": chat("What is 1 + 1?")}, {"prompt": []})},
-        ["--dataset_name", "{tmp}/d.jsonl"],
-        ValueError,
-        "row 1 .*empty list of messages",
-    ),
-    "empty_message_content": (
-        {"d.jsonl": jsonl({"prompt": chat("What is 1 + 1?")}, {"prompt": chat(" ", "")})},
-        ["--dataset_name", "{tmp}/d.jsonl"],
-        ValueError,
+    "empty_message_content": bad_data(
+        jsonl({"prompt": chat("What is 1 + 1?")}, {"prompt": chat(" ", "")}),
         "row 1 .*no message with non-blank content",
     ),
-    "non_text_prompts": (
-        {"d.jsonl": jsonl({"prompt": 1}, {"prompt": 2})},
-        ["--dataset_name", "{tmp}/d.jsonl"],
-        ValueError,
-        "row 0 .*not text or a list of chat messages",
-    ),
-    "empty_prompt_in_other_column": (
-        {"d.jsonl": jsonl({"question": ""})},
-        ["--dataset_name", "{tmp}/d.jsonl", "--prompt_column", "question"],
-        ValueError,
-        "row 0 .*blank",
-    ),
+    "non_text_prompts": bad_data(jsonl({"prompt": 1}, {"prompt": 2}), "row 0 .*not text or a list of chat messages"),
+    "empty_prompt_in_other_column": bad_data(jsonl({"question": ""}), "row 0 .*blank", "--prompt_column", "question"),
     "max_train_samples_zero": ({}, ["--max_train_samples", "0"], ValueError, "--max_train_samples must be >= 1"),
-    "max_train_samples_zero_with_data": (
-        {"d.jsonl": jsonl({"prompt": "What is 1 + 1?"})},
-        ["--dataset_name", "{tmp}/d.jsonl", "--max_train_samples", "0"],
-        ValueError,
-        "--max_train_samples must be >= 1",
+    "max_train_samples_zero_with_data": bad_data(
+        jsonl({"prompt": "What is 1 + 1?"}), "--max_train_samples must be >= 1", "--max_train_samples", "0"
     ),
     # recipe
     "missing_recipe": ({}, ["--config", "{tmp}/missing.yaml"], FileNotFoundError, "Recipe .* does not exist"),

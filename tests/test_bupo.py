@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
+from helpers import tiny_run_kwargs
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
@@ -29,22 +30,8 @@ def reward(completions, **kwargs):
 
 
 def common(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        max_completion_length=6,
-        num_generations=4,
-        per_device_train_batch_size=4,
-        max_steps=3,
-        logging_steps=1,
-        learning_rate=1e-2,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return defaults
+    """The tiny-run settings with completions of at most 6 tokens and 3 steps."""
+    return tiny_run_kwargs(tmp_path, **{"max_completion_length": 6, "max_steps": 3, **kwargs})
 
 
 def data(n=8):

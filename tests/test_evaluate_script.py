@@ -1,15 +1,10 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import run_evaluate_script
 
 from trl_powerflow.evaluation import evaluate_model, format_markdown_table, generate_completions
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "evaluate.py")
 
 METRIC_KEYS = {
     "num_prompts",
@@ -29,22 +24,6 @@ METRIC_KEYS = {
 }
 
 
-def run_script(args, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    output = tmp_path / "result.json"
-    completed = subprocess.run(
-        [sys.executable, SCRIPT, *args, "--output_json", str(output)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    with open(output) as f:
-        return json.load(f), completed.stdout
-
-
 def check_ranges(metrics, max_new_tokens):
     for key in ("avg@3", "pass@1", "pass@3", "maj@3", "answer_fraction", "truncated_fraction"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -56,7 +35,7 @@ def check_ranges(metrics, max_new_tokens):
 
 
 def test_script_end_to_end(tiny_model_dir, tmp_path):
-    result, stdout = run_script(
+    result, stdout = run_evaluate_script(
         ["--model", tiny_model_dir, "--max_prompts", "3", "--num_samples", "3", "--max_new_tokens", "12"]
         + ["--name", "tiny-base", "--seed", "1"],
         tmp_path,
@@ -96,7 +75,7 @@ def test_script_adapter_dir_and_jsonl_without_answers(tiny_model_dir, tmp_path):
     with open(data, "w") as f:
         for question in ("What is 1 + 1?", "What is 2 * 3?"):
             f.write(json.dumps({"question": question}) + "\n")
-    result, _ = run_script(
+    result, _ = run_evaluate_script(
         ["--model", str(adapter_dir), "--dataset", str(data), "--prompt_column", "question"]
         + ["--prompt_suffix", " Put the final answer in \\boxed{}.", "--num_samples", "3"]
         + ["--max_new_tokens", "8", "--embedder", "none", "--temperature", "0.7", "--top_p", "0.9"],

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from helpers import toy_run_kwargs
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -155,24 +156,8 @@ def settings(output_dir, **overrides):
     Seen to fail with the head's dropout back at 0.1 under GRPO's default `disable_dropout=False` (the previous
     default): two_prompts ends with log Z' 0.22 ('q') and 0.28 ('b a') off the exact values (tolerance 0.05) and the
     KL of 'b a' down only 96.8%."""
-    values = dict(
-        output_dir=str(output_dir),
-        alpha=2.0,
-        max_completion_length=MAX_LEN,
-        num_generations=64,
-        per_device_train_batch_size=64,
-        learning_rate=3e-3,
-        lr_scheduler_type="linear",
-        max_steps=300,
-        logging_steps=10,
-        gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-    )
+    values = toy_run_kwargs(output_dir, max_completion_length=MAX_LEN, num_generations=64, max_steps=300)
+    values.update(per_device_train_batch_size=64, lr_scheduler_type="linear", logging_steps=10)
     values.update(overrides)
     return values
 

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from datasets import Dataset
+from helpers import tiny_run_kwargs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
@@ -115,20 +116,7 @@ def test_callback_measure_on_fixed_completions_matches_reference(lens_model_dirs
 def train_with_callback(trainer_name, model_dir, tmp_path, every_steps, max_steps=2):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     callback = make_callback(tokenizer, every_steps=every_steps)
-    common = dict(
-        output_dir=str(tmp_path),
-        max_completion_length=6,
-        num_generations=4,
-        per_device_train_batch_size=4,
-        max_steps=max_steps,
-        logging_steps=1,
-        learning_rate=1e-2,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-    )
+    common = tiny_run_kwargs(tmp_path, max_completion_length=6, max_steps=max_steps)
     data = Dataset.from_dict({"prompt": tiny_prompt_dataset(n=8)["prompt"]})
     if trainer_name == "grpo":
         trainer = GRPOTrainer(

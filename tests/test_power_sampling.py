@@ -8,14 +8,11 @@
 """
 
 import inspect
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import run_evaluate_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_powerflow.evaluation import evaluate_model, evaluate_power_sampling, generate_completions
@@ -31,7 +28,6 @@ from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 MAX_LEN = 3
 PROMPT = [TOY_TOKENS.index("q")]
 EOS = TOY_TOKENS.index("<eos>")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ToyOracle:
@@ -222,22 +218,10 @@ def test_harness_wrapper_has_the_generate_completions_shape(tiny_model_dir):
     reason="--method power_sampling needs the evaluation.py edit of docs/bupo/proposed_edits.patch",
 )
 def test_evaluate_script_power_sampling_method(tiny_model_dir, tmp_path):
-    output = tmp_path / "ps.json"
     args = ["--model", tiny_model_dir, "--max_prompts", "2", "--num_samples", "2", "--max_new_tokens", "4"]
     args += ["--method", "power_sampling", "--alpha", "4", "--mcmc_steps", "2", "--embedder", "none"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    script = os.path.join(ROOT, "scripts", "evaluate.py")
-    completed = subprocess.run(
-        [sys.executable, script, *args, "--output_json", str(output)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(output.read_text())
+    result, stdout = run_evaluate_script(args, tmp_path)
     assert result["settings"]["method"] == "power_sampling" and result["settings"]["mcmc_steps"] == 2
     metrics = result["metrics"]
     assert metrics["forward_passes_per_answer"] >= metrics["mean_completion_tokens"] + 2
-    assert "fwd/answer" in completed.stdout
+    assert "fwd/answer" in stdout

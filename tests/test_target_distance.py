@@ -296,16 +296,24 @@ def test_equal_lengths_closed_form_and_single_row():
     assert est.num_valid.tolist() == [1.0, 1.0, 1.0]
 
 
+def random_rows(seed, rows, scale, max_length, psi_fraction):
+    """Float64 (S_pi, S_base, |y|, psi) for `rows` completions, drawn in that order from one generator seeded `seed`:
+    log-probs uniform in (-scale, 0), lengths in [1, max_length), psi -0.5 on about `psi_fraction` of the rows, else
+    0."""
+    gen = torch.Generator().manual_seed(seed)
+    s_pi = -scale * torch.rand(rows, generator=gen, dtype=F64)
+    s_base = -scale * torch.rand(rows, generator=gen, dtype=F64)
+    lengths = torch.randint(1, max_length, (rows,), generator=gen).to(F64)
+    psi = -0.5 * (torch.rand(rows, generator=gen) < psi_fraction).to(F64)
+    return s_pi, s_base, lengths, psi
+
+
 def test_invalid_rows_are_excluded():
     """Rows with valid=False, |y| = 0 or a non-finite input leave their group exactly as if they were not there: the
     result equals that of the valid rows alone (same order, smaller group size), to 1e-12. A group with no valid row
     gives NaN everywhere and is left out of the logged means."""
-    gen = torch.Generator().manual_seed(1)
     group, alpha = 6, 4.0
-    s_pi = -20 * torch.rand(3 * group, generator=gen, dtype=F64)
-    s_base = -20 * torch.rand(3 * group, generator=gen, dtype=F64)
-    lengths = torch.randint(1, 30, (3 * group,), generator=gen).to(F64)
-    psi = -0.5 * (torch.rand(3 * group, generator=gen) < 0.3).to(F64)
+    s_pi, s_base, lengths, psi = random_rows(1, 3 * group, scale=20, max_length=30, psi_fraction=0.3)
     valid = torch.ones(3 * group, dtype=torch.bool)
     valid[1] = False  # flagged invalid, with garbage values
     s_pi[1], s_base[1] = math.nan, math.inf
@@ -336,12 +344,8 @@ def test_invalid_rows_are_excluded():
 def test_psi_enters_inside_alpha():
     """psi shapes the target as alpha (S_base + psi |y|): the same as shifting S_base by psi |y| and, for a constant
     psi = c, exactly lambda -> lambda + alpha c with the KL unchanged."""
-    gen = torch.Generator().manual_seed(2)
     group, alpha = 8, 2.0
-    s_pi = -30 * torch.rand(4 * group, generator=gen, dtype=F64)
-    s_base = -30 * torch.rand(4 * group, generator=gen, dtype=F64)
-    lengths = torch.randint(1, 40, (4 * group,), generator=gen).to(F64)
-    psi = -0.5 * (torch.rand(4 * group, generator=gen) < 0.5).to(F64)
+    s_pi, s_base, lengths, psi = random_rows(2, 4 * group, scale=30, max_length=40, psi_fraction=0.5)
     shaped = target_distance(s_pi, s_base, lengths, alpha, group, psi=psi)
     shifted = target_distance(s_pi, s_base + psi * lengths, lengths, alpha, group)
     torch.testing.assert_close(shaped.lambda_hat, shifted.lambda_hat, atol=1e-10, rtol=0)

@@ -12,6 +12,7 @@ not compared; windows of WINDOW steps are, and the estimate must follow the fall
 import pytest
 import torch
 from datasets import Dataset
+from helpers import toy_run_kwargs
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
@@ -55,28 +56,12 @@ class ExactKL(TrainerCallback):
 def test_logged_distance_tracks_the_exact_kl_along_training(toy_model_dir, tmp_path):
     target, lam = fixed_point(exact_logp(AutoModelForCausalLM.from_pretrained(toy_model_dir)))
     assert target.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
-    config = PowerFlowConfig(
-        output_dir=str(tmp_path),
-        alpha=ALPHA,
-        max_completion_length=3,
-        num_generations=GROUP,
-        per_device_train_batch_size=GROUP,
-        learning_rate=3e-3,
-        log_z_learning_rate=5e-2,
-        max_steps=STEPS,
-        logging_steps=1,
-        disable_dropout=True,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-    )
+    config = toy_run_kwargs(tmp_path, alpha=ALPHA, num_generations=GROUP, per_device_train_batch_size=GROUP)
+    config.update(log_z_learning_rate=5e-2, max_steps=STEPS, disable_dropout=True)
     exact = ExactKL(target)
     trainer = PowerFlowTrainer(
         model=toy_model_dir,
-        args=config,
+        args=PowerFlowConfig(**config),
         train_dataset=Dataset.from_dict({"prompt": [TOY_PROMPT] * 64}),
         callbacks=[exact],
     )

@@ -42,6 +42,33 @@ def reference_logps(model, batch):
     return logps * batch["completion_mask"]
 
 
+def trainer_logps(trainer, batch):
+    """The trainer's own per-token log-probs of the batch's completions (`_get_per_token_logps_and_entropies`)."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    return trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, batch["completion_ids"].size(1))[0]
+
+
+def log_z_given_to_loss(trainer, compute_loss):
+    """The `log_z` argument `powerflow_loss` gets (its 4th: log Z per completion, or V(s_t) per position under
+    token_balance) while `compute_loss()` runs, with gradient accumulation at 1 as the training loop sets it."""
+    import trl_powerflow.trainer as trainer_module
+
+    used, original = {}, trainer_module.powerflow_loss
+
+    def spy(*args, **kwargs):
+        used["log_z"] = args[3]
+        return original(*args, **kwargs)
+
+    trainer_module.powerflow_loss = spy
+    try:
+        trainer.current_gradient_accumulation_steps = 1
+        compute_loss()
+    finally:
+        trainer_module.powerflow_loss = original
+    return used["log_z"]
+
+
 def test_label_free_training_logs_metrics_and_checkpoints(tiny_model_dir, tmp_path):
     args = make_args(tmp_path, save_strategy="steps", save_steps=2)  # gradient checkpointing stays on (TRL default)
     trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
@@ -138,12 +165,7 @@ def test_peft_lora_uses_adapter_disabled_base_and_trains_head(tiny_model_dir, tm
     batch = batch_of(trainer)
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     torch.testing.assert_close(batch["base_per_token_logps"], reference_logps(original, batch), atol=1e-5, rtol=1e-5)
-    policy = trainer._get_per_token_logps_and_entropies(
-        trainer.model,
-        torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1),
-        torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
-        batch["completion_ids"].size(1),
-    )[0]
+    policy = trainer_logps(trainer, batch)
     assert (policy - batch["base_per_token_logps"]).abs().max() > 1e-4  # the adapter is active for the policy
     checkpoint = os.path.join(args.output_dir, "checkpoint-2")
     assert os.path.isfile(os.path.join(checkpoint, LOG_Z_HEAD_FILE))
@@ -207,12 +229,7 @@ def test_loss_log_probs_are_temperature_one(tiny_model_dir, tmp_path):
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     expected = reference_logps(original, batch)
     torch.testing.assert_close(batch["base_per_token_logps"], expected, atol=1e-5, rtol=1e-5)
-    policy = trainer._get_per_token_logps_and_entropies(
-        trainer.model,
-        torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1),
-        torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
-        batch["completion_ids"].size(1),
-    )[0]
+    policy = trainer_logps(trainer, batch)
     torch.testing.assert_close(policy * batch["completion_mask"], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -220,8 +237,6 @@ def test_loss_log_probs_are_temperature_one(tiny_model_dir, tmp_path):
 def test_group_estimator_is_the_group_mean_and_has_no_head(tiny_model_dir, tmp_path, num_iterations):
     """Reused generations: log Z is computed at generation time. On-policy: inside the loss, from the loss forward's
     own log-probs (no extra policy forward). Both equal the group mean computed here independently."""
-    import trl_powerflow.trainer as trainer_module
-
     args = make_args(tmp_path, log_z_estimator="group", alpha=2.0, num_iterations=num_iterations)
     trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
     assert trainer.log_z_head is None and not any("log_z_head" in n for n, _ in trainer.model.named_parameters())
@@ -231,23 +246,11 @@ def test_group_estimator_is_the_group_mean_and_has_no_head(tiny_model_dir, tmp_p
     policy = reference_logps(trainer.model, batch)
     per_token_gap = 2.0 * batch["base_per_token_logps"].mul(mask).sum(-1) / length - policy.sum(-1) / length
     expected = per_token_gap.view(-1, 4).mean(-1).repeat_interleave(4)
-    used = {}
-    original = trainer_module.powerflow_loss
-
-    def spy(*args, **kwargs):
-        used["log_z"] = args[3]
-        return original(*args, **kwargs)
-
-    trainer_module.powerflow_loss = spy
-    try:
-        trainer.current_gradient_accumulation_steps = 1
-        order = torch.randperm(mask.size(0))  # the training loop shuffles rows before the loss
-        shuffled = {k: v[order] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
-        trainer.compute_loss(trainer.model, shuffled)
-    finally:
-        trainer_module.powerflow_loss = original
+    order = torch.randperm(mask.size(0))  # the training loop shuffles rows before the loss
+    shuffled = {k: v[order] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+    log_z = log_z_given_to_loss(trainer, lambda: trainer.compute_loss(trainer.model, shuffled))
     assert ("group_log_z" in batch) == (num_iterations > 1)
-    torch.testing.assert_close(used["log_z"], expected[order], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(log_z, expected[order], atol=1e-5, rtol=1e-5)
     trainer.train()
     assert logged(trainer, "powerflow/log_z_mean")
 
@@ -475,8 +478,6 @@ def test_token_balance_values_are_the_head_on_every_prefix(tiny_model_dir, tmp_p
     """The loss gets V(s_t) of every completion position t: the head on the policy's last hidden state at position
     P - 1 + t (the prefix's last token), computed here by a separate backbone pass. Seen to fail with the value read
     one position later (`hidden[:, P:]`), and on the prompt mean (the log-partition head's features)."""
-    import trl_powerflow.trainer as trainer_module
-
     args = make_args(tmp_path, objective="token_balance", alpha=2.0)
     trainer = PowerFlowTrainer(model=tiny_model_dir, args=args, train_dataset=dataset())
     assert trainer.log_z_head is not None and not trainer.callback_handler.callbacks[-1].__class__.__name__.startswith(
@@ -484,20 +485,8 @@ def test_token_balance_values_are_the_head_on_every_prefix(tiny_model_dir, tmp_p
     )
     torch.nn.init.normal_(trainer.log_z_head.out.weight)  # a zero output layer would make every position agree
     batch = batch_of(trainer)
-    used, original = {}, trainer_module.powerflow_loss
-
-    def spy(*args, **kwargs):
-        used["values"] = args[3]
-        return original(*args, **kwargs)
-
-    trainer_module.powerflow_loss = spy
-    try:
-        trainer.current_gradient_accumulation_steps = 1
-        trainer.model.eval()
-        trainer._compute_loss(trainer.model, batch)
-    finally:
-        trainer_module.powerflow_loss = original
-    values = used["values"]
+    trainer.model.eval()
+    values = log_z_given_to_loss(trainer, lambda: trainer._compute_loss(trainer.model, batch))
     prompt_length, completion_length = batch["prompt_ids"].size(1), batch["completion_ids"].size(1)
     assert values.shape == (batch["completion_ids"].size(0), completion_length)
     with torch.no_grad():

@@ -6,8 +6,9 @@ Usage: python colocate_worker.py {plain,lora,token_balance} MODEL_DIR OUTPUT_DIR
 (`simulate_weight_packing`), so both kinds of CPU are exercised on either; `lora` with vLLM's dispatch as it is;
 `token_balance` as `plain` with `objective='token_balance'` (the per-prefix value head in place of log Z'(q)).
 
-Builds one PowerFlowTrainer (`use_vllm=True, vllm_mode="colocate"`, sampling temperature 0.7) with instruments on
-TRL's own code paths, trains 2 steps, and writes OUTPUT_DIR/measurements.json:
+Builds one PowerFlowTrainer (tests/helpers.py's `tiny_run_kwargs` with `use_vllm=True, vllm_mode="colocate"`,
+sampling temperature 0.7) with instruments on TRL's own code paths, trains 2 steps, and writes
+OUTPUT_DIR/measurements.json:
 
 - `loaded`: the names TRL handed to the vLLM model's `load_weights` during each weight sync (recorded at the engine);
 - `syncs`: after each sync, for every engine parameter, the largest error of the engine's tensor against the policy's
@@ -38,6 +39,8 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 SAMPLING_TEMPERATURE = 0.7
+VLLM = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.1, vllm_max_model_length=256)
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
@@ -166,6 +169,9 @@ def main(config, model_dir, output_dir):
     from transformers import AutoModelForCausalLM
     from trl.generation.vllm_generation import VLLMGeneration
 
+    sys.path.append(TESTS)  # tests/helpers.py: the tiny-run settings the other tests train with
+    from helpers import tiny_run_kwargs
+
     from trl_powerflow import PowerFlowConfig, PowerFlowTrainer
     from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
     from trl_powerflow.training.log_z_head import is_log_z_param
@@ -179,26 +185,9 @@ def main(config, model_dir, output_dir):
         peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     if config in ("plain", "token_balance"):  # weight-packing CPUs' dispatch on any CPU (`simulate_weight_packing`)
         simulate_weight_packing()
-    args = PowerFlowConfig(
-        output_dir=os.path.join(output_dir, "run"),
-        use_vllm=True,
-        vllm_mode="colocate",
-        vllm_gpu_memory_utilization=0.1,
-        vllm_max_model_length=256,
-        temperature=SAMPLING_TEMPERATURE,
-        max_completion_length=8,
-        num_generations=4,
-        per_device_train_batch_size=4,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-2,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-        objective="token_balance" if config == "token_balance" else "la_tb",
-    )
+    objective = "token_balance" if config == "token_balance" else "la_tb"
+    run_dir = os.path.join(output_dir, "run")
+    args = PowerFlowConfig(**tiny_run_kwargs(run_dir, **VLLM, temperature=SAMPLING_TEMPERATURE, objective=objective))
     started = time.perf_counter()
     trainer = PowerFlowTrainer(
         model=model_dir, args=args, train_dataset=tiny_prompt_dataset(8), peft_config=peft_config
