@@ -227,11 +227,10 @@ def training_log(run_dir: str) -> list[dict]:
 def load_eval_rows(args) -> list[dict]:
     from trl_powerflow.data import held_out_prompts
 
-    rows = held_out_prompts(
+    return held_out_prompts(  # at most eval_max_prompts rows either way
         args.eval_dataset, args.eval_max_prompts, prompt_suffix=args.prompt_suffix, system_prompt=args.system_prompt,
         split=args.eval_split, prompt_column=args.prompt_column, as_chat=args.prompt_as_chat,
     )  # fmt: skip
-    return rows[: args.eval_max_prompts] if args.eval_max_prompts else rows
 
 
 def import_object(spec: str):

@@ -1,4 +1,4 @@
-"""The one save/cache path of the offline tiny models (`tiny_models.py`, `tiny_variants.py`, the enumerable toy).
+"""The one save/cache path of the offline tiny models (`tiny_models.py` and the enumerable toy).
 
 `save_cached(output_dir, settings, build)` saves `build()`'s (model, tokenizer or processor) unless the directory
 already holds a complete save with the same `settings`. It writes into a sibling temp dir and moves the files in one
