@@ -83,3 +83,26 @@ def test_logged_distance_tracks_the_exact_kl_along_training(toy_model_dir, tmp_p
         assert abs(est_lambda - lam) <= 0.15, rows
     # the estimate falls with the exact KL
     assert rows[-1][1] < 0.5 * rows[0][1], rows
+
+
+def test_distance_is_the_mean_over_the_logging_window(toy_model_dir, tmp_path):
+    """At logging_steps = 4 the distance is computed once per log from every generation batch of the window; the
+    logged value is the mean over their groups, i.e. the mean of the four values a per-step log gives on the same
+    (identically seeded) run. Seen to fail with only the window's last batch kept (`_distance_rows` reset at each
+    batch) and with the pending batches not cleared after a log (later windows then include earlier ones)."""
+
+    def run(logging_steps):
+        config = toy_run_kwargs(tmp_path / str(logging_steps), alpha=ALPHA, num_generations=8)
+        config.update(per_device_train_batch_size=16, max_steps=8, logging_steps=logging_steps, disable_dropout=True)
+        trainer = PowerFlowTrainer(
+            model=toy_model_dir,
+            args=PowerFlowConfig(**config),
+            train_dataset=Dataset.from_dict({"prompt": [TOY_PROMPT] * 64}),
+        )
+        trainer.train()
+        return [e[name] for e in trainer.state.log_history for name in ["powerflow/target_kl"] if name in e]
+
+    every_step, windows = torch.tensor(run(1)), torch.tensor(run(4))
+    assert len(every_step) == 8 and len(windows) == 2
+    torch.testing.assert_close(windows, every_step.view(2, 4).mean(-1), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(windows[0], windows[1])  # the two windows are different batches

@@ -18,7 +18,7 @@ from .training.divergence import DivergenceGuard
 from .training.guards import check_local_model_path, warn_undetermined_target
 from .training.kl_term import GRPOKLTerm
 from .training.launch_env import check_world_size
-from .training.metrics import log_tb_metrics, write_completions_table
+from .training.metrics import log_target_distance, log_tb_metrics, write_completions_table
 from .training.model_card import PAPER, name_local_base
 from .training.value_head import LearnedValue
 from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
@@ -138,6 +138,7 @@ class PowerFlowTrainer(GRPOTrainer):
             self.reward_weights = self.reward_weights[1:]
         self.alpha, self.objective, self._rewards_per_func = args.alpha, args.objective, None
         self._batch_rows = {}  # per mode: the TB rows of its generation batch
+        self._distance_rows = {}  # per mode: the whole batches' rows since the last log (`log_target_distance`)
         self._last_generation_mode = "train"
 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
@@ -272,8 +273,9 @@ class PowerFlowTrainer(GRPOTrainer):
         log_tb_metrics(self, *args)
 
     def log(self, logs, start_time=None):
-        # Override: the completions table shows each completion's w, log Z' and TB residual instead of GRPO's
-        # `advantage` column (always 0: PowerFlow has no advantages).
+        # Override: the live distance to the target is computed here, once per log; the completions table shows each
+        # completion's w, log Z' and TB residual instead of GRPO's `advantage` column (always 0: no advantages).
+        log_target_distance(self, "train" if self.model.training else "eval")  # the live distance of the window
         log_completions, self.log_completions = self.log_completions, False
         try:
             super().log(logs, start_time)

@@ -39,8 +39,8 @@ def log_tb_metrics(trainer, mode, mask, log_z, stats, entropies, kl_sum, inputs,
         rows[row[first]] = torch.stack([weight, log_z, res, s_old, s_base, length, psi], dim=1)[first].float()
         rows[row[first & ~valid], :3] = float("nan")  # no TB values for rows without tokens
         metrics = trainer._metrics[mode]
-        if first.any() and not torch.isnan(rows[:, 4]).any():  # the whole generation batch is in: distance to target
-            log_target_distance(trainer, mode, rows.double())
+        if first.any() and not torch.isnan(rows[:, 4]).any() and logs_target_distance(trainer):
+            trainer._distance_rows.setdefault(mode, []).append(rows)  # a whole generation batch: distance at log time
         tokens = length.sum().clamp(min=1.0)
         # completions with no tokens left (e.g. masked truncations) are not in the loss: say how many
         metrics["powerflow/frac_no_tokens"].append(1.0 - valid.float().mean().item())
@@ -63,15 +63,24 @@ def log_tb_metrics(trainer, mode, mask, log_z, stats, entropies, kl_sum, inputs,
             metrics["kl"].append((kl.sum() / tokens).item())
 
 
-def log_target_distance(trainer, mode, rows) -> None:
-    """The live distance to the objective's fixed point (`target_distance.py`) from the generation batch's rows in
-    group order: LA-TB's tilted one, or the exact p_base^alpha exp(alpha psi) / Z of tb_traj, la_tb_exact and
-    token_balance (not tb_token). Only sampled at temperature 1: the estimate needs the sampler's own log-probs."""
-    exact = trainer.objective in EXACT_OBJECTIVES
-    if not (exact or trainer.objective == "la_tb") or trainer.temperature != 1.0:
+def logs_target_distance(trainer) -> bool:
+    """Whether the live distance is logged: la_tb and the exact objectives (not tb_token), sampled at temperature 1
+    (the estimate needs the sampler's own log-probs), with logging on."""
+    objective = trainer.objective in EXACT_OBJECTIVES or trainer.objective == "la_tb"
+    return objective and trainer.temperature == 1.0 and trainer.args.logging_strategy != "no"
+
+
+def log_target_distance(trainer, mode) -> None:
+    """The live distance to the objective's fixed point (`target_distance.py`), once per log over every generation
+    batch since the last one (rows in group order; the means over their groups): LA-TB's tilted one, or the exact
+    p_base^alpha exp(alpha psi) / Z of tb_traj, la_tb_exact and token_balance (`logs_target_distance`). One solve
+    per log instead of one per generation batch: the same means, a fraction of the cost at logging_steps > 1."""
+    batches = trainer._distance_rows.pop(mode, [])
+    if not batches:
         return
+    exact = trainer.objective in EXACT_OBJECTIVES
     size = trainer.num_generations if mode == "train" else trainer.num_generations_eval
-    _, _, _, s_sampler, s_base, length, psi = rows.unbind(1)
+    _, _, _, s_sampler, s_base, length, psi = torch.cat(batches).double().unbind(1)
     values = target_distance_metrics(s_sampler, s_base, length, trainer.alpha, size, psi, length > 0, tilt=not exact)
     for name, value in values.items():
         trainer._metrics[mode][name].append(value)
