@@ -24,8 +24,9 @@ re-centring cannot help (PER_PROMPT: it moves one constant shared by all prompts
 Seed sensitivity, measured on 2026-12-07 and not asserted here (every case runs at the trainer's default seed 42):
 with seeds 1, 2 and 3 instead, the two-prompt KL reduction at the defaults was 99.0 / 99.1 / 96.9% for la_tb,
 80.7 / 95.0 / 94.7% for la_tb_exact and 98.8 / 98.9 / 98.3% for token_balance; token_balance at alpha 0.5 reached
-96.4 / 96.1 / 96.2% with V(root) 0.21-0.23 below log Z. Not yet diagnosed per seed; the likely cause is the one
-`settings` describes (a rare completion of the target driven to ~0 early is never sampled again).
+96.4 / 96.1 / 96.2% with V(root) 0.21-0.23 below log Z. The worst, la_tb_exact at seed 1 ('b a' 80.7%), is not a
+rare completion lost early: after "a a" the policy stops too often (pi("a a <eos>") 0.113 against pi* 0.054,
+pi("a a a") 0.109 against 0.233), a length decision still converging at step 300. The others are not diagnosed.
 """
 
 import json
