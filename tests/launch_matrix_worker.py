@@ -18,7 +18,7 @@ import os
 import sys
 import traceback
 
-# name: (LoRA instead of full fine-tuning, gradient checkpointing, BuPO for the first step, objective)
+# name: (LoRA instead of full fine-tuning, gradient checkpointing, BuPO for the first step, objective[, estimator])
 CASES = {
     "full_gc": (False, True, False, "la_tb"),
     "full_nogc": (False, False, False, "la_tb"),
@@ -33,6 +33,10 @@ CASES = {
     "tb_lora_gc": (True, True, False, "token_balance"),
     "tb_lora_nogc": (True, False, False, "token_balance"),
     "tb_lora": (True, True, False, "token_balance"),  # for the ZeRO launches
+    # token_balance with V(root) from the group (all-gathered statistics) and the value head for the other prefixes
+    "tbg_full_gc": (False, True, False, "token_balance", "group"),
+    "tbg_lora_nogc": (True, False, False, "token_balance", "group"),
+    "tbg_lora": (True, True, False, "token_balance", "group"),  # for the ZeRO launches
 }
 
 
@@ -77,7 +81,7 @@ def run_case(name, model_path, out, max_steps, deepspeed_run):
     from trl_powerflow.bupo import BuPOPowerFlowConfig, BuPOPowerFlowTrainer
     from trl_powerflow.toys.tiny_models import tiny_prompt_dataset
 
-    lora, checkpointing, bupo, objective = CASES[name]
+    lora, checkpointing, bupo, objective, *estimator = CASES[name]
     config_cls, trainer_cls = (BuPOPowerFlowConfig, BuPOPowerFlowTrainer) if bupo else (
         PowerFlowConfig, PowerFlowTrainer
     )  # fmt: skip
@@ -98,7 +102,7 @@ def run_case(name, model_path, out, max_steps, deepspeed_run):
         seed=0,
         save_strategy="no",
         report_to=[],
-        log_z_estimator="head",
+        log_z_estimator=(estimator or ["head"])[0],
         objective=objective,
         **({"bupo_layer": 1, "bupo_steps": 1} if bupo else {}),
     )

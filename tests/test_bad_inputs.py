@@ -93,12 +93,6 @@ CASES = {
         ValueError,
         "cannot be used with `log_z_estimator='group'`.*Unset them or use 'head'",
     ),
-    "token_balance_with_group": (
-        {},
-        ["--objective", "token_balance", "--log_z_estimator", "group"],
-        ValueError,
-        "learns a value V\\(s\\) for every completion prefix.*Use log_z_estimator='head'",
-    ),
     "head_dropout_out_of_range": ({}, ["--log_z_dropout", "1.0"], ValueError, "`log_z_dropout` must be a number"),
     "grpo_without_reward": (
         {"r.yaml": GRPO_WITHOUT_REWARD},

@@ -17,6 +17,11 @@ after the other, each with its own trainer, model and DDP wrapper; one `accelera
 - ZeRO-3 with LoRA: parameters, the head included, are partitioned; the worker gathers them to compare.
 - objective='token_balance' (the per-prefix value head V(s_t), read at every completion position, no
   re-centring) over the same switches: DDP x {full, LoRA} x {checkpointing on, off}, ZeRO-2 and ZeRO-3 with LoRA.
+- token_balance with `log_z_estimator='group'` (V(root) from all-gathered group statistics, detached; the value
+  head for the other prefixes, its V(root) regressed on the group's): DDP at the two opposite corners (full with
+  checkpointing; LoRA without, `find_unused_parameters=True`) and ZeRO-2/3 with LoRA. What the four DDP switches
+  change is the value head's path, shared with the token_balance cases; the group part is the same detached
+  all-gather in every one.
 - BuPO + head under DDP (full fine-tuning, `bupo_layer=1`, `bupo_steps=1`), with and without checkpointing: step 1
   trains the layer-1 policy (the layer above gets no gradient: really unused parameters, so BuPO sets
   `ddp_find_unused_parameters=True` when the user left it unset — transformers' default would be False with TRL's
@@ -49,8 +54,8 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "launch_matrix_worker.py"
 DDP_CASES = ["full_gc", "full_nogc", "lora_gc", "lora_nogc", "bupo_full_nogc", "bupo_full_gc"]
-DDP_CASES += ["tb_full_gc", "tb_full_nogc", "tb_lora_gc", "tb_lora_nogc"]
-LAUNCHES = {"ddp": DDP_CASES, "zero2": ["lora", "tb_lora"], "zero3": ["lora", "tb_lora"]}
+DDP_CASES += ["tb_full_gc", "tb_full_nogc", "tb_lora_gc", "tb_lora_nogc", "tbg_full_gc", "tbg_lora_nogc"]
+LAUNCHES = {"ddp": DDP_CASES, "zero2": ["lora", "tb_lora", "tbg_lora"], "zero3": ["lora", "tb_lora", "tbg_lora"]}
 # test id: (launch, worker case)
 CASES = {
     "ddp-full-gc": ("ddp", "full_gc"),
@@ -67,6 +72,10 @@ CASES = {
     "ddp-token-balance-lora-nogc": ("ddp", "tb_lora_nogc"),
     "zero2-token-balance-lora": ("zero2", "tb_lora"),
     "zero3-token-balance-lora": ("zero3", "tb_lora"),
+    "ddp-token-balance-group-full-gc": ("ddp", "tbg_full_gc"),
+    "ddp-token-balance-group-lora-nogc": ("ddp", "tbg_lora_nogc"),
+    "zero2-token-balance-group-lora": ("zero2", "tbg_lora"),
+    "zero3-token-balance-group-lora": ("zero3", "tbg_lora"),
 }
 HEAD_KEYS = {"head/out.weight", "head/out.bias", "head/offset", "head/initialised"}  # and the hidden layers
 
@@ -143,6 +152,8 @@ def test_trains_on_two_processes_with_the_head(launched, case):
         assert info["find_unused_parameters"] is True  # the DDP mode that crashed before the fix
     if name.startswith("tb_"):  # the value head trained, not log Z'(q)
         assert (info["objective"], info["estimator"]) == ("token_balance", "LearnedValue")
+    elif name.startswith("tbg_"):  # V(root) from the group, the value head for the other prefixes
+        assert (info["objective"], info["estimator"]) == ("token_balance", "GroupRootValue")
     else:
         assert (info["objective"], info["estimator"]) == ("la_tb", "LearnedLogZ")
     if name.startswith("bupo"):

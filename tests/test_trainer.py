@@ -196,11 +196,15 @@ def test_gradient_accumulation_with_reused_generations(tiny_model_dir, tmp_path)
     assert trainer.state.global_step == 4
 
 
-@pytest.mark.parametrize("objective", ["la_tb", "token_balance"])
-def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model_dir, tmp_path, objective):
-    """token_balance: the per-prefix value head is saved, restored and compared like the log-partition head."""
+@pytest.mark.parametrize(
+    "objective, estimator", [("la_tb", "head"), ("token_balance", "head"), ("token_balance", "group")]
+)
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model_dir, tmp_path, objective, estimator):
+    """token_balance: the per-prefix value head is saved, restored and compared like the log-partition head (with
+    'group' too, where V(root) comes from the group; num_iterations=2 makes it the generation-time path)."""
     kwargs = dict(
         objective=objective,
+        log_z_estimator=estimator,
         max_steps=4,
         save_strategy="steps",
         save_steps=2,

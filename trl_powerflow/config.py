@@ -31,7 +31,8 @@ class PowerFlowConfig(GRPOConfig):
             `"token_balance"` (soft-Bellman balance of every prefix with a learned value V(s): the same exact fixed
             point, credit per token).
         log_z_estimator (`str`, *optional*, defaults to `"head"`):
-            `"head"` (learned MLP on the prompt's hidden states) or `"group"` (head-free group estimate).
+            `"head"` (learned MLP on the prompt's hidden states) or `"group"` (head-free group estimate; for
+            `"token_balance"`, V(root) from the group, the value head for the other prefixes).
         log_z_learning_rate (`float`, *optional*):
             Learning rate of the head; `None` uses `learning_rate`.
         log_z_recentre (`bool`, *optional*, defaults to `True`):
@@ -81,7 +82,8 @@ class PowerFlowConfig(GRPOConfig):
             "with TB's exact fixed point p_base^alpha / Z, no length tilt; log Z is then sequence-level) or "
             "'token_balance' (token-level soft-Bellman balance: the head becomes a value V(s) read at every "
             "completion prefix, and each sub-trajectory from a prefix to the end is balanced, divided by its "
-            "length; same exact fixed point, credit per token; needs log_z_estimator='head').",
+            "length; same exact fixed point, credit per token; with log_z_estimator='group' V(root) is the group's "
+            "on-policy bound mean(alpha S_base - S_pi)).",
             "choices": list(OBJECTIVES),
         },
     )
@@ -90,13 +92,17 @@ class PowerFlowConfig(GRPOConfig):
         metadata={
             "help": "How log Z'(q) is estimated: 'head' (a learned MLP on the mean prompt hidden state of the "
             "policy) or 'group' (no parameters: the residual-minimising constant over the num_generations "
-            "completions of each prompt, computed at generation time).",
+            "completions of each prompt, computed at generation time; for 'token_balance' it gives V(root), the value "
+            "head the other prefixes).",
             "choices": list(LOG_Z_ESTIMATORS),
         },
     )
     log_z_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the log-partition head. None uses `learning_rate`. Only with 'head'."},
+        metadata={
+            "help": "Learning rate of the log-partition head. None uses `learning_rate`. Only with 'head' (or "
+            "'token_balance', whose value head also runs with 'group')."
+        },
     )
     log_z_recentre: bool = field(
         default=True,

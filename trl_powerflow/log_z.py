@@ -6,7 +6,7 @@ r"""log Z'(q), the per-token log-partition of the LA-TB target: one interface, t
 - `GroupLogZ` (`'group'`): no parameters; the residual-minimising constant over the G completions of each prompt,
   `log Z'(q) = mean_i [alpha (S_base,i/|y_i| + psi_i) - S_pi,i/|y_i|]` (`losses.group_log_z`).
 - `LearnedValue` (`objective='token_balance'`, `training/value_head.py`): the same head read at every completion
-  prefix, V_phi(s_t).
+  prefix, V_phi(s_t); with `'group'`, `GroupRootValue` takes V(root) from the group instead.
 
 `PowerFlowTrainer` talks to both through `LogZEstimator` and never asks which one it has. The policy's last hidden
 state reaches the head (and the trainer's entropy metric) through `HiddenStateCapture`, a context manager BuPO reuses.
@@ -50,6 +50,10 @@ class LogZEstimator:
         """log Z'(q) of each row of the micro-batch, shape (B,)."""
         raise NotImplementedError
 
+    def head_loss(self, valid: torch.Tensor, num_sequences) -> torch.Tensor | float:
+        """A term added to the micro-batch's loss (0 unless part of the head is regressed on another estimate)."""
+        return 0.0
+
     def on_loss(self, stats: dict, log_z: torch.Tensor, request, mode: str) -> None:
         """See the loss's per-sequence statistics (e.g. for re-centring after the step)."""
 
@@ -73,7 +77,11 @@ class LogZEstimator:
 
 class GroupLogZ(LogZEstimator):
     """Head-free group estimate (see module docstring); computed at generation time, or, when the loss sees the whole
-    on-policy generation batch, inside the loss from its own detached log-probs (one no-grad policy pass less)."""
+    on-policy generation batch, inside the loss from its own detached log-probs (one no-grad policy pass less).
+    `objective` picks the residual whose minimiser it is (default: the trainer's)."""
+
+    def __init__(self, objective: str | None = None):
+        self.objective = objective
 
     def on_generation(self, trainer, batch, mode, process_slice):
         mask = batch["completion_mask"] * batch.get("tool_mask", 1)
@@ -102,7 +110,7 @@ class GroupLogZ(LogZEstimator):
     def gathered(self, trainer, policy_logps, base_logps, mask, psi, group_id, mode):
         """Group log Z over all processes. Without `group_id` the gathered rows are in group order and every row's
         value is returned; with it (rows shuffled) the values of this process's rows are returned."""
-        size = self._group_size(trainer, mode)
+        size, objective = self._group_size(trainer, mode), self.objective or trainer.objective
         s_pi, length = sequence_stats(policy_logps, mask)
         s_base, _ = sequence_stats(base_logps, mask)
         columns = [s_pi, s_base, length, psi.to(s_pi.dtype)]
@@ -110,10 +118,10 @@ class GroupLogZ(LogZEstimator):
             columns.append(group_id.to(s_pi.dtype))
         stats = trainer.accelerator.gather(torch.stack(columns, dim=1))
         if group_id is None:
-            return group_log_z(*stats.unbind(1)[:3], trainer.alpha, size, stats[:, 3], trainer.objective)
+            return group_log_z(*stats.unbind(1)[:3], trainer.alpha, size, stats[:, 3], objective)
         order = torch.argsort(stats[:, 4], stable=True)  # group ids 0..K-1, each `size` times
         s_pi, s_base, length, psi, _ = stats[order].unbind(1)
-        per_group = group_log_z(s_pi, s_base, length, trainer.alpha, size, psi, trainer.objective)
+        per_group = group_log_z(s_pi, s_base, length, trainer.alpha, size, psi, objective)
         return per_group.view(-1, size)[:, 0][group_id.long()]
 
 

@@ -20,7 +20,7 @@ from .training.kl_term import GRPOKLTerm
 from .training.launch_env import check_world_size
 from .training.metrics import log_target_distance, log_tb_metrics, write_completions_table
 from .training.model_card import PAPER, name_local_base
-from .training.value_head import LearnedValue
+from .training.value_head import GroupRootValue, LearnedValue
 from .training.vllm_cpu import keep_vllm_cpu_weights_reloadable
 
 # Keys of the generation batch that carry multimodal inputs for `_get_per_token_logps_and_entropies`.
@@ -53,7 +53,8 @@ class PowerFlowTrainer(GRPOTrainer):
     """
 
     _tag_names = ["trl", "powerflow"]
-    log_z_estimators = {**ESTIMATORS, "value": LearnedValue}  # `log_z_estimator` (or "value") -> `LogZEstimator`
+    # `log_z_estimator` (token_balance: "value_" + it) -> `LogZEstimator`
+    log_z_estimators = {**ESTIMATORS, "value_head": LearnedValue, "value_group": GroupRootValue}
     _name = "PowerFlow"
     _paper = PAPER  # title, arXiv id and BibTeX of the model card (`training/model_card.py`)
 
@@ -157,7 +158,8 @@ class PowerFlowTrainer(GRPOTrainer):
         if args.divergence_action != "off":  # a sustained rise of the live distance to the target
             self.add_callback(DivergenceGuard(self))
         # token_balance reads the head at every prefix (V(s_t)); the other objectives read it once per prompt
-        self.log_z = self.log_z_estimators["value" if args.objective == "token_balance" else args.log_z_estimator]()
+        key = args.log_z_estimator if args.objective != "token_balance" else f"value_{args.log_z_estimator}"
+        self.log_z = self.log_z_estimators[key]()
         self.log_z.attach(self, policy, *optimizers)
         self.log_z_head = self.log_z.head  # the learned module (None without one)
         if self.use_vllm:
@@ -253,6 +255,7 @@ class PowerFlowTrainer(GRPOTrainer):
             weight_level=self.args.tb_weight_level,
             num_sequences=num_sequences,
         )
+        loss = loss + self.log_z.head_loss(stats["valid"], num_sequences)  # a head fitted to another estimate
         kl_sum = None
         if self.beta != 0.0:  # GRPO's KL term exactly (`training/kl_term.py`)
             kl_loss, kl_sum = self.kl_term(per_token_logps, logps_at_t, inputs, mask, num_tokens)

@@ -141,7 +141,8 @@ def parse(argv: list[str], prog: str | None = None):
     estimator = cli_value(cli, "log_z_estimator") or recipe.get("log_z_estimator")
     typed = {arg[2:].split("=", 1)[0] for arg in cli if arg.startswith("--")}
     head_only = [key for key in HEAD_ONLY_KEYS if key in recipe and key not in typed]
-    if family == "powerflow" and estimator == "group" and head_only:
+    value_head = (cli_value(cli, "objective") or recipe.get("objective")) == "token_balance"  # keeps its head
+    if family == "powerflow" and estimator == "group" and head_only and not value_head:
         recipe = {key: value for key, value in recipe.items() if key not in head_only}
         notices.append(f"log_z_estimator=group has no head: ignoring the recipe's head-only keys {head_only}")
     env = recipe.pop("env", {})

@@ -30,13 +30,9 @@ def validate_powerflow(config) -> None:
     for name in ("log_z_recentre", "log_z_detach_features", "kl_at_temperature_one"):
         if not isinstance(getattr(config, name), bool):
             raise ValueError(f"`{name}` must be True or False, got {getattr(config, name)!r}.")
-    if config.objective == "token_balance" and config.log_z_estimator != "head":
-        raise ValueError(
-            "`objective='token_balance'` learns a value V(s) for every completion prefix with the head; a group "
-            "estimate gives only V(root). Use log_z_estimator='head' or another objective (e.g. 'la_tb_exact')."
-        )
-    if config.log_z_estimator == "group":
-        if config.log_z_learning_rate is not None or config.log_z_detach_features:
+    if config.log_z_estimator == "group":  # token_balance keeps its value head for V(s_t >= 1)
+        head_options = config.log_z_learning_rate is not None or config.log_z_detach_features
+        if head_options and config.objective != "token_balance":
             raise ValueError(
                 "`log_z_learning_rate` and `log_z_detach_features` configure the learned head; they cannot be "
                 "used with `log_z_estimator='group'`, which has no head. Unset them or use 'head'."
