@@ -1,10 +1,11 @@
 """Worker for tests/vllm_cpu/test_vllm_colocate.py: two PowerFlow steps with vLLM in colocate mode on CPU, measured.
 
-Usage: python colocate_worker.py {plain,lora,token_balance} MODEL_DIR OUTPUT_DIR
+Usage: python colocate_worker.py {plain,lora,token_balance,token_balance_group} MODEL_DIR OUTPUT_DIR
 
 `plain` runs with vLLM's CPU dispatch made to pack weights as it does on AVX-512-BF16 / AMX CPUs
 (`simulate_weight_packing`), so both kinds of CPU are exercised on either; `lora` with vLLM's dispatch as it is;
-`token_balance` as `plain` with `objective='token_balance'` (the per-prefix value head in place of log Z'(q)).
+`token_balance` as `plain` with `objective='token_balance'` (the per-prefix value head in place of log Z'(q));
+`token_balance_group` as `token_balance` with `log_z_estimator='group'` (V(root) from the group).
 
 Builds one PowerFlowTrainer (tests/helpers.py's `tiny_run_kwargs` with `use_vllm=True, vllm_mode="colocate"`,
 sampling temperature 0.7) with instruments on TRL's own code paths, trains 2 steps, and writes
@@ -183,11 +184,13 @@ def main(config, model_dir, output_dir):
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    if config in ("plain", "token_balance"):  # weight-packing CPUs' dispatch on any CPU (`simulate_weight_packing`)
+    if config != "lora":  # weight-packing CPUs' dispatch on any CPU (`simulate_weight_packing`)
         simulate_weight_packing()
-    objective = "token_balance" if config == "token_balance" else "la_tb"
+    objective = "token_balance" if config.startswith("token_balance") else "la_tb"
+    estimator = "group" if config == "token_balance_group" else "head"
     run_dir = os.path.join(output_dir, "run")
-    args = PowerFlowConfig(**tiny_run_kwargs(run_dir, **VLLM, temperature=SAMPLING_TEMPERATURE, objective=objective))
+    kwargs = dict(VLLM, temperature=SAMPLING_TEMPERATURE, objective=objective, log_z_estimator=estimator)
+    args = PowerFlowConfig(**tiny_run_kwargs(run_dir, **kwargs))
     started = time.perf_counter()
     trainer = PowerFlowTrainer(
         model=model_dir, args=args, train_dataset=tiny_prompt_dataset(8), peft_config=peft_config

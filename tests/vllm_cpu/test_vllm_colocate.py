@@ -2,7 +2,7 @@
 engine holds the policy's weights after each sync (in its parameters and in the kernels it generates with), and the
 loss keeps temperature-1 log-probs while vLLM samples at 0.7. Plain (with vLLM's dispatch packing weights as on
 AVX-512-BF16 / AMX CPUs, so the CPU CI lands on does not matter), LoRA (vLLM's dispatch as this CPU has it) and
-objective='token_balance' (its value head, packing as in plain).
+objective='token_balance' (its value head, packing as in plain), and token_balance with V(root) from the group.
 Server mode: see `test_server_mode_fails_at_construction_on_cpu`.
 
 Needs the second venv: `bash scripts/setup_vllm_venv.sh && .venv-vllm/bin/python -m pytest -q -p no:cacheprovider
@@ -80,6 +80,11 @@ def lora(vllm_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def token_balance(vllm_model_dir, tmp_path_factory):
     return _run_worker("token_balance", vllm_model_dir, tmp_path_factory.mktemp("vllm_token_balance"))
+
+
+@pytest.fixture(scope="module")
+def token_balance_group(vllm_model_dir, tmp_path_factory):
+    return _run_worker("token_balance_group", vllm_model_dir, tmp_path_factory.mktemp("vllm_token_balance_group"))
 
 
 def _logged(run, key):
@@ -195,6 +200,16 @@ def test_token_balance_colocate_trains_and_never_syncs_the_value_head(token_bala
     _check_trained(token_balance)
     _check_head_excluded(token_balance)
     _check_engine_matches_policy(token_balance)
+
+
+def test_token_balance_group_colocate_trains_and_never_syncs_the_value_head(token_balance_group):
+    """token_balance with `log_z_estimator='group'` (V(root) from the group, computed from the vLLM batch's
+    log-probs; the value head for the other prefixes): trains, and the value head stays out of every sync. Seen to
+    fail with `GroupRootValue.exclude_from_vllm` made a no-op, as the test above."""
+    assert (token_balance_group["objective"], token_balance_group["estimator"]) == ("token_balance", "GroupRootValue")
+    _check_trained(token_balance_group)
+    _check_head_excluded(token_balance_group)
+    _check_engine_matches_policy(token_balance_group)
 
 
 def test_server_mode_fails_at_construction_on_cpu():
