@@ -99,10 +99,7 @@ class PowerFlowConfig(GRPOConfig):
     )
     log_z_learning_rate: float | None = field(
         default=None,
-        metadata={
-            "help": "Learning rate of the log-partition head. None uses `learning_rate`. Only with 'head' (or "
-            "'token_balance', whose value head also runs with 'group')."
-        },
+        metadata={"help": "Learning rate of the head (token_balance: the value head). None uses `learning_rate`."},
     )
     log_z_recentre: bool = field(
         default=True,

@@ -77,8 +77,7 @@ class LogZEstimator:
 
 class GroupLogZ(LogZEstimator):
     """Head-free group estimate (see module docstring); computed at generation time, or, when the loss sees the whole
-    on-policy generation batch, inside the loss from its own detached log-probs (one no-grad policy pass less).
-    `objective` picks the residual whose minimiser it is (default: the trainer's)."""
+    on-policy generation batch, inside the loss from its own detached log-probs (one no-grad policy pass less)."""
 
     def __init__(self, objective: str | None = None):
         self.objective = objective

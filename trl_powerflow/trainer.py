@@ -53,7 +53,6 @@ class PowerFlowTrainer(GRPOTrainer):
     """
 
     _tag_names = ["trl", "powerflow"]
-    # `log_z_estimator` (token_balance: "value_" + it) -> `LogZEstimator`
     log_z_estimators = {**ESTIMATORS, "value_head": LearnedValue, "value_group": GroupRootValue}
     _name = "PowerFlow"
     _paper = PAPER  # title, arXiv id and BibTeX of the model card (`training/model_card.py`)
@@ -157,7 +156,7 @@ class PowerFlowTrainer(GRPOTrainer):
         self.kl_term = GRPOKLTerm(self, policy, self.hidden_capture, beta)  # beta's term, log-probs at T as GRPO's
         if args.divergence_action != "off":  # a sustained rise of the live distance to the target
             self.add_callback(DivergenceGuard(self))
-        # token_balance reads the head at every prefix (V(s_t)); the other objectives read it once per prompt
+        # token_balance reads a value at every prefix (V(s_t), `value_<estimator>`); the others log Z' once per prompt
         key = args.log_z_estimator if args.objective != "token_balance" else f"value_{args.log_z_estimator}"
         self.log_z = self.log_z_estimators[key]()
         self.log_z.attach(self, policy, *optimizers)
