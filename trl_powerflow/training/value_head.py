@@ -2,7 +2,7 @@
 
 import torch
 
-from ..log_z import LearnedLogZ
+from ..log_z import GroupLogZ, LearnedLogZ
 from .log_z_head import with_log_z
 from .token_balance import suffix_balance_residuals
 
@@ -60,11 +60,10 @@ class GroupRootValue(LearnedValue):
     E_pi[alpha (S_base + psi) - S_pi] = log Z - KL(pi || pi*): exact at the fixed point and, of the group constants,
     the closest to log Z on the way. The head's own V(root) lags: it enters only the whole-completion residual,
     weighted 1/|y|^2 among the suffixes (tests/test_exact_fixed_point.py, VALUE_ROOT_LAGS); here it is regressed on
-    the group's (`head_loss`)."""
+    the group's (`head_loss`). On the digit-chain task this variant collapses to bare guesses, as la_tb_exact does
+    (docs/experiment, section 2)."""
 
     def attach(self, trainer, policy, user_optimizer=None, user_scheduler=None):
-        from ..log_z import GroupLogZ
-
         super().attach(trainer, policy, user_optimizer, user_scheduler)
         self.group = GroupLogZ(objective="tb_traj")
 
