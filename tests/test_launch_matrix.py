@@ -21,7 +21,7 @@ after the other, each with its own trainer, model and DDP wrapper; one `accelera
   head for the other prefixes, its V(root) regressed on the group's): DDP at the two opposite corners (full with
   checkpointing; LoRA without, `find_unused_parameters=True`) and ZeRO-2/3 with LoRA. What the four DDP switches
   change is the value head's path, shared with the token_balance cases; the group part is the same detached
-  all-gather in every one.
+  all-gather in every one. Seen to fail (the DDP group cases crash) with that all-gather replaced by the local rows.
 - BuPO + head under DDP (full fine-tuning, `bupo_layer=1`, `bupo_steps=1`), with and without checkpointing: step 1
   trains the layer-1 policy (the layer above gets no gradient: really unused parameters, so BuPO sets
   `ddp_find_unused_parameters=True` when the user left it unset — transformers' default would be False with TRL's

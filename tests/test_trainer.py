@@ -201,7 +201,8 @@ def test_gradient_accumulation_with_reused_generations(tiny_model_dir, tmp_path)
 )
 def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model_dir, tmp_path, objective, estimator):
     """token_balance: the per-prefix value head is saved, restored and compared like the log-partition head (with
-    'group' too, where V(root) comes from the group; num_iterations=2 makes it the generation-time path)."""
+    'group' too, where V(root) comes from the group; num_iterations=2 makes it the generation-time path). Seen to fail
+    with `GroupRootValue.load` made a no-op (the group case: model.embed_tokens.weight differs)."""
     kwargs = dict(
         objective=objective,
         log_z_estimator=estimator,
