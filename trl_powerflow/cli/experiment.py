@@ -8,18 +8,19 @@ Stages (`--stages`, default all):
 1. seeds: digit-chain reasoning from the shipped pretrained base (trl_powerflow/assets/digit_chain_base): supervised
    GRPO, TTRL, EMPO, Intuitor and PowerFlow alpha 4 under each objective (la_tb, la_tb_exact, token_balance)
    for 2N steps (constant learning rate; evaluated at N and 2N), every seed.
-2. sweep: PowerFlow alpha 1, 2, 8 on reasoning for N steps (alpha 4 and TTRL come from stage 1).
-3. ablations: entropy minimisation, PowerFlow alpha 0.5, -traj and -token at N steps.
-4. creative: pretrain the rhyming-couplet base and its over-sharpened "aligned" model, then PowerFlow alpha 0.25, 0.5,
+2. learning_rate: supervised GRPO and PowerFlow (defaults) at 3x the shared learning rate for N steps, every seed.
+3. sweep: PowerFlow alpha 1, 2, 8 on reasoning for N steps (alpha 4 and TTRL come from stage 1).
+4. ablations: entropy minimisation, PowerFlow alpha 0.5, -traj and -token at N steps.
+5. creative: pretrain the rhyming-couplet base and its over-sharpened "aligned" model, then PowerFlow alpha 0.25, 0.5,
    0.75, 1 and the baselines (GRPO + quality checker, Intuitor, entropy minimisation) from the aligned model.
-5. diagnosis: where the trained models put their probability mass (answers the base prefers, lengths, guesses).
-6. power_sampling: MCMC power sampling of the base (alpha 4) against PowerFlow's one-pass sampler, by forward passes.
-7. toy: the live target-distance estimate (powerflow/target_kl) against the exact KL on the enumerable toy.
+6. diagnosis: where the trained models put their probability mass (answers the base prefers, lengths, guesses).
+7. power_sampling: MCMC power sampling of the base (alpha 4) against PowerFlow's one-pass sampler, by forward passes.
+8. toy: the live target-distance estimate (powerflow/target_kl) against the exact KL on the enumerable toy.
 
 Then the report: results.md, results.json and the plots in --output_dir/report and, with --docs_dir, there; it
 states the machine and the wall time. `--jobs` (default 2) runs that many independent jobs side by side, one core
-each (every seed is a job; so are the sweep, the ablations, creative and the in-process stages; diagnosis waits for
-the seeds). Finished stages are reused on a re-run (pass --force to redo them).
+each (every seed is a job, in learning_rate too; so are the sweep, the ablations, creative and the in-process
+stages; diagnosis waits for the seeds). Finished stages are reused on a re-run (pass --force to redo them).
 `--quick` shrinks every stage to a smoke run (about two minutes on one thread) that still writes every table and
 plot.
 """
@@ -30,7 +31,7 @@ import argparse
 import shlex
 import sys
 
-STAGES = ("seeds", "sweep", "ablations", "creative", "diagnosis", "power_sampling", "toy")
+STAGES = ("seeds", "learning_rate", "sweep", "ablations", "creative", "diagnosis", "power_sampling", "toy")
 
 
 def make_parser(prog: str | None = None) -> argparse.ArgumentParser:

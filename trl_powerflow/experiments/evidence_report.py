@@ -21,6 +21,7 @@ from .evidence_summary import (
     SWEEP_KEYS,
     creative_summary,
     eval_rows,
+    learning_rate_summary,
     live_distance,
     machine,
     seeds_summary,
@@ -33,6 +34,32 @@ REPORT_FILES = (
     "results.md", "results.json", "reasoning_seeds.png", "alpha_sweep.png", "creative_frontier.png",
     "target_kl_live.png", "toy_target_distance.png", "toy_objectives.png",
 )  # fmt: skip
+
+
+def learning_rate_section(lr: dict) -> list[str]:
+    """Stage learning_rate: GRPO and PowerFlow at the higher shared rate, and the share of GRPO's gain recovered."""
+    if not lr.get("seeds"):
+        return []
+    lines = ["", f"### The learning rate: GRPO and PowerFlow at {lr['learning_rate']:g} after {lr['step']} steps", ""]
+    lines.append(
+        f"Stage learning_rate: the recipe with learning rate {lr['learning_rate']:g} instead of "
+        f"{lr['recipe_learning_rate']:g}, seeds {lr['seeds']}, one {lr['step']}-step run per seed and method. R as "
+        "above; 'each at its better rate' pairs each method's run at the rate (of the two) with the higher mean."
+    )
+    lines.append("")
+    rows = []
+    for method, entry in lr["methods"].items():
+        per = ", ".join(fmt(v["avg@8"]) for v in entry["per_seed"].values())
+        rows.append([method, f"{lr['learning_rate']:g}"] + [fmt_interval(entry["stats"][k]) for k, _ in SEED_KEYS]
+                    + [per])  # fmt: skip
+    lines += md_table(["method", "learning rate"] + [label for _, label in SEED_KEYS] + ["avg@8 per seed"], rows)
+    lines.append("")
+    rows = []
+    for name, share in lr["shares"].items():
+        interval = fmt_interval({"mean": share["share"], "low": share["low"], "high": share["high"]}, 2)
+        rows.append([name, f"{share['powerflow_lr']:g}", f"{share['grpo_lr']:g}", interval,
+                     ", ".join(fmt(v, 2) for v in share["per_seed"])])  # fmt: skip
+    return lines + md_table(["comparison", "PowerFlow lr", "GRPO lr", "share R [95% CI]", "per seed"], rows)
 
 
 def report_markdown(args, report: dict, command: str) -> str:
@@ -83,6 +110,8 @@ def report_markdown(args, report: dict, command: str) -> str:
                 ", ".join(fmt(v) for v in share["pf_gain"]), ", ".join(fmt(v) for v in share["grpo_gain"]),
             ])  # fmt: skip
     lines += md_table(["method", "steps", "share R [95% CI]", "per seed", "gain per seed", "GRPO gain per seed"], rows)
+
+    lines += learning_rate_section(report.get("learning_rate") or {})
 
     diag = report.get("diagnosis")
     if diag and diag.get("runs"):
@@ -200,7 +229,7 @@ def report_markdown(args, report: dict, command: str) -> str:
 def write_report(args, command: str, timings: dict, wall_seconds: float) -> str:
     """Collect every stage's results into results.json / results.md / plots in `<output_dir>/report` (and copy them
     with each comparison's own results to `args.docs_dir` when given). Returns the report directory."""
-    from .small_scale import ablations_argv, seed_dir, sweep_argv
+    from .small_scale import ablations_argv, lr_dir, seed_dir, sweep_argv
 
     out = os.path.join(args.output_dir, "report")
     os.makedirs(out, exist_ok=True)
@@ -221,6 +250,7 @@ def write_report(args, command: str, timings: dict, wall_seconds: float) -> str:
         "invocation_seconds": timings,
         "settings": {k: v for k, v in vars(args).items() if k not in ("force",)},
         "seeds": seeds,
+        "learning_rate": learning_rate_summary(args, seeds),
         "sweep": sweep_summary(args, seeds),
         "creative": creative_summary(args),
         "diagnosis": stage_record("diagnosis"),
@@ -238,6 +268,7 @@ def write_report(args, command: str, timings: dict, wall_seconds: float) -> str:
         for name in REPORT_FILES:
             shutil.copyfile(os.path.join(out, name), os.path.join(args.docs_dir, name))
         compares = {f"seed{s}": seed_dir(args, s) for s in args.seeds}
+        compares.update({f"learning_rate_seed{s}": lr_dir(args, s) for s in args.seeds})
         compares.update(alpha_sweep=sweep_argv(args)[0], ablations=ablations_argv(args)[0])
         compares["creative"] = os.path.join(args.output_dir, "creative", "compare")
         for name, source in compares.items():

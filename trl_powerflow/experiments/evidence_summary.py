@@ -101,7 +101,7 @@ def machine() -> str:
 
 def stage_seconds(args) -> dict[str, float]:
     """Compute time of every stage, as recorded when it actually ran (reused stages keep their times)."""
-    from .small_scale import ablations_argv, seed_dir, sweep_argv
+    from .small_scale import ablations_argv, lr_dir, seed_dir, sweep_argv
 
     def compare(out):
         r = load_results(out)
@@ -111,6 +111,9 @@ def stage_seconds(args) -> dict[str, float]:
     if "seeds" in args.stages:
         values = [compare(seed_dir(args, s)) for s in args.seeds]
         seconds["seeds"] = sum(v for v in values if v) or None
+    if "learning_rate" in args.stages:
+        values = [compare(lr_dir(args, s)) for s in args.seeds]
+        seconds["learning_rate"] = sum(v for v in values if v) or None
     if "sweep" in args.stages:
         seconds["sweep"] = compare(sweep_argv(args)[0])
     if "ablations" in args.stages:
@@ -139,14 +142,7 @@ def seeds_summary(args) -> dict:
     out = {"budgets": [n, 2 * n], "seeds": sorted(runs), "methods": {}, "shares": {}}
     for method in SEED_METHODS:
         for step in (n, 2 * n):
-            per_seed = {}
-            for s, r in runs.items():
-                m = r["methods"].get(method)
-                metrics = metrics_at(m, step) if m and m.get("evals") else None
-                if metrics:
-                    per_seed[s] = {k: metrics.get(k) for k, _ in SEED_KEYS}
-            stats = {k: mean_interval([v[k] for v in per_seed.values()]) for k, _ in SEED_KEYS}
-            out["methods"].setdefault(method, {})[str(step)] = {"per_seed": per_seed, "stats": stats}
+            out["methods"].setdefault(method, {})[str(step)] = per_seed_rows(runs, method, step)
     rows = out["methods"]
     label_free = [m for m in rows if m not in ("base", "grpo_accuracy")]
     for step in (n, 2 * n):
@@ -162,6 +158,50 @@ def seeds_summary(args) -> dict:
                                        acc("base", seeds=seeds))  # fmt: skip
                 out["shares"].setdefault(method, {})[str(step)] = {**share, "seeds": seeds}
     out["share"] = out["shares"].get("powerflow", {})
+    return out
+
+
+def per_seed_rows(runs: dict, method: str, step: int) -> dict:
+    """{"per_seed": {seed: SEED_KEYS metrics at `step`}, "stats": their mean and 95% t-interval} of one method."""
+    per_seed = {}
+    for s, r in runs.items():
+        m = r["methods"].get(method)
+        metrics = metrics_at(m, step) if m and m.get("evals") else None
+        if metrics:
+            per_seed[s] = {k: metrics.get(k) for k, _ in SEED_KEYS}
+    return {"per_seed": per_seed, "stats": {k: mean_interval([v[k] for v in per_seed.values()]) for k, _ in SEED_KEYS}}
+
+
+def learning_rate_summary(args, seeds: dict) -> dict:
+    """Stage learning_rate: GRPO and PowerFlow at `LEARNING_RATE_HIGH` after N steps, per seed, and the share of
+    GRPO's gain R (as in `seeds_summary`, base paired by seed) at that shared rate and with each method at the better
+    of the two rates (the higher mean avg@8 at N; the recipe's rate from the seeds stage)."""
+    from .small_scale import LEARNING_RATE_HIGH, LR_METHODS, RECIPE_LEARNING_RATE, half_budget, lr_dir
+
+    n = half_budget(args)
+    runs = {s: r for s in args.seeds if (r := load_results(lr_dir(args, s)))}
+    methods = {m: per_seed_rows(runs, m, n) for m in LR_METHODS}
+    out = {"learning_rate": LEARNING_RATE_HIGH, "recipe_learning_rate": RECIPE_LEARNING_RATE, "step": n,
+           "seeds": sorted(runs), "methods": methods, "shares": {}}  # fmt: skip
+    rates = {LEARNING_RATE_HIGH: out["methods"]}
+    rates[RECIPE_LEARNING_RATE] = {m: seeds["methods"][m][str(n)] for m in LR_METHODS if m in seeds.get("methods", {})}
+    common = [s for s in out["seeds"] if all(s in rows[m]["per_seed"] for rows in rates.values() for m in rows)]
+    if not common or len(rates[RECIPE_LEARNING_RATE]) < len(LR_METHODS):
+        return out
+
+    def acc(rate, method):
+        return [rates[rate][method]["per_seed"][s]["avg@8"] for s in common]
+
+    def better(method):
+        return max(rates, key=lambda rate: sum(acc(rate, method)))
+
+    base = acc(LEARNING_RATE_HIGH, "base")
+    for name, pf_rate, grpo_rate in (
+        ("shared", LEARNING_RATE_HIGH, LEARNING_RATE_HIGH),
+        ("each at its better rate", better("powerflow"), better("grpo_accuracy")),
+    ):
+        share = recovery_share(acc(pf_rate, "powerflow"), acc(grpo_rate, "grpo_accuracy"), base)
+        out["shares"][name] = {**share, "seeds": common, "powerflow_lr": pf_rate, "grpo_lr": grpo_rate}
     return out
 
 

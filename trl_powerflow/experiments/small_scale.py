@@ -11,6 +11,9 @@ Stages (`--stages`, default all; each reuses what a previous invocation finished
   la_tb_exact and token_balance, for 2N steps at a constant learning rate and evaluates
   every N/2 steps: the checkpoints at N and 2N give both budgets. The seed changes the RL run and the evaluation
   sampling (the base is evaluated with each seed too).
+- ``learning_rate``: supervised GRPO and PowerFlow (the defaults) for N steps at `LEARNING_RATE_HIGH`, 3x the
+  shared recipe's, one `compare` per seed in `seeds`: with the ``seeds`` runs at the recipe's rate, the share of
+  GRPO's gain at a shared higher rate and with each method at the better of the two rates.
 - ``sweep``: PowerFlow alpha 1, 2, 8 on reasoning for N steps at `seed` (alpha 4 and TTRL, its alpha -> infinity
   limit, are read from the seed-`seed` run of ``seeds`` at step N).
 - ``ablations``: the remaining reasoning methods at N steps and `seed`: entropy minimisation, PowerFlow alpha 0.5
@@ -59,8 +62,13 @@ QUICK_REASONING_TRAIN_ARGS = (
 QUICK_CREATIVE_TRAIN_ARGS = (
     "--per_device_train_batch_size 8 --num_generations 4 --max_completion_length 24 --learning_rate 1e-4"
 )
+RECIPE_LEARNING_RATE = 1e-4  # the `--learning_rate` of the train args above
+# Stage learning_rate: 3x the recipe's. Picked from single-seed probes at 3e-4 and 6e-4 (seed 0, 100 steps: PowerFlow
+# avg@8 0.832 and 0.553, GRPO 0.889 at 3e-4): both methods are stable at 3e-4; PowerFlow falls apart at 6e-4.
+LEARNING_RATE_HIGH = 3e-4
+LR_METHODS = ("base", "grpo_accuracy", "powerflow")
 # Run order: the multi-seed comparison, then the cheap stages that read it, then the single-seed ones.
-STAGES = ("seeds", "diagnosis", "power_sampling", "toy", "sweep", "creative", "ablations")
+STAGES = ("seeds", "learning_rate", "diagnosis", "power_sampling", "toy", "sweep", "creative", "ablations")
 # The multi-seed comparison: supervised GRPO, the RLIF baselines (TTRL, EMPO, Intuitor) and PowerFlow alpha 4 with
 # each of its objectives: LA-TB (the default), the exact-length variant and the token-level balance.
 SEED_METHODS = (
@@ -159,7 +167,18 @@ def compare_argv(args, task: str, out: str, seed: int, title: str) -> list[str]:
     ]  # fmt: skip
 
 
-def reasoning_argv(args, out: str, seed: int, steps: int, eval_every: int, methods, extra=()) -> list[str]:
+def reasoning_train_args(args, learning_rate: float = RECIPE_LEARNING_RATE) -> str:
+    """The reasoning train args (quick: the smoke ones) at `learning_rate`."""
+    text = QUICK_REASONING_TRAIN_ARGS if args.quick else REASONING_TRAIN_ARGS
+    if learning_rate == RECIPE_LEARNING_RATE:
+        return text
+    words = text.split()
+    at = words.index("--learning_rate") + 1
+    assert float(words[at]) == RECIPE_LEARNING_RATE, text
+    return " ".join(words[:at] + [f"{learning_rate:g}"] + words[at + 1 :])
+
+
+def reasoning_argv(args, out: str, seed: int, steps: int, eval_every: int, methods, extra=(), learning_rate=None):
     argv = [
         *compare_argv(args, "reasoning", out, seed, REASONING_TITLE),
         "--model_name_or_path", base_model_path(),
@@ -170,7 +189,7 @@ def reasoning_argv(args, out: str, seed: int, steps: int, eval_every: int, metho
         "--task_metrics", "trl_powerflow.experiments.synthetic_tasks:chain_metrics",
         "--diversity_metric", "distinct_answer_fraction",
         "--alpha_high", "4", "--alpha_low", "0.5",
-        "--train_args", QUICK_REASONING_TRAIN_ARGS if args.quick else REASONING_TRAIN_ARGS,
+        "--train_args", reasoning_train_args(args, learning_rate or RECIPE_LEARNING_RATE),
         *extra,
         "--methods", *methods,
         "--eval_every", str(eval_every),
@@ -195,6 +214,17 @@ def seeds_argvs(args) -> list[tuple[str, list[str]]]:
     every = eval_interval(args)
     return [(seed_dir(args, s), reasoning_argv(args, seed_dir(args, s), s, 2 * n, every, SEED_METHODS))
             for s in args.seeds]  # fmt: skip
+
+
+def lr_dir(args, seed: int) -> str:
+    return os.path.join(args.output_dir, "reasoning", "learning_rate", f"seed{seed}")
+
+
+def lr_argvs(args) -> list[tuple[str, list[str]]]:
+    """Stage learning_rate: GRPO and PowerFlow at `LEARNING_RATE_HIGH` for N steps, one comparison per seed."""
+    n = half_budget(args)
+    return [(lr_dir(args, s), reasoning_argv(args, lr_dir(args, s), s, n, eval_interval(args), LR_METHODS,
+                                             learning_rate=LEARNING_RATE_HIGH)) for s in args.seeds]  # fmt: skip
 
 
 def alpha_name(alpha: float) -> str:
@@ -305,10 +335,12 @@ def experiment_jobs(args, stages, in_process: dict) -> list[Job]:
     --stages <stage>` subprocess with several). Costs are the relative compute of the full run."""
     jobs = []
     for stage in stages:
-        if stage == "seeds":
-            for out, argv in seeds_argvs(args):
+        if stage in ("seeds", "learning_rate"):
+            for out, argv in seeds_argvs(args) if stage == "seeds" else lr_argvs(args):
                 os.makedirs(out, exist_ok=True)
-                jobs.append(Job(stage, os.path.basename(out), [(argv, os.path.join(out, "compare.log"))], cost=20))
+                name = os.path.basename(out) if stage == "seeds" else f"lr_{os.path.basename(out)}"
+                cost = 20 if stage == "seeds" else 5
+                jobs.append(Job(stage, name, [(argv, os.path.join(out, "compare.log"))], cost=cost))
         elif stage in ("sweep", "ablations"):
             out, argv = sweep_argv(args) if stage == "sweep" else ablations_argv(args)
             os.makedirs(out, exist_ok=True)
