@@ -192,7 +192,7 @@ def run_experiment(args, command: str) -> dict[str, float]:
 
     os.makedirs(args.output_dir, exist_ok=True)
     stages = [s for s in STAGES if s in args.stages]
-    if {"seeds", "sweep", "ablations", "diagnosis", "power_sampling"} & set(stages):
+    if {"seeds", "learning_rate", "sweep", "ablations", "diagnosis", "power_sampling"} & set(stages):
         reasoning_data(args)
     in_process = {
         "diagnosis": lambda: diagnosis_stage(args),
