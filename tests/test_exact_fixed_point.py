@@ -14,11 +14,11 @@ log pi* = alpha * (S_base + psi) - log Z, log Z by logsumexp.
 
 Covered, each against that exact oracle: every objective at alpha 2 and 0.5; two prompts with different fixed points
 (the head must depend on q), for la_tb and each exact objective; the head-free group estimator, and token_balance
-with V(root) from the group (alpha 0.5 and two prompts); sampling at temperature 0.7; reused generations
-(num_iterations=2, so w != 1); a shaping term psi from reward_funcs; two processes under torchrun (gloo); and log Z'
-tracking the exact residual-minimising value of the current policy along training, with re-centring on and off, and
-at policy learning rates 100x below and above the head's. One tracking case is a strict xfail that documents where
-re-centring cannot help (PER_PROMPT: it moves one constant shared by all prompts).
+with V(root) from the group (alpha 0.5 and two prompts); sampling at temperature 0.7 (with 30 warm-up steps); reused
+generations (num_iterations=2, so w != 1); a shaping term psi from reward_funcs; two processes under torchrun
+(gloo); and log Z' tracking the exact residual-minimising value of the current policy along training, with
+re-centring on and off, and at policy learning rates 100x below and above the head's. One tracking case is a strict
+xfail that documents where re-centring cannot help (PER_PROMPT: it moves one constant shared by all prompts).
 `pytest -s` prints the observed numbers ([exact] and [track] lines).
 
 Capacity. At alpha 0.5 this one-layer toy cannot represent the target: exact gradient descent on KL(pi || pi*)
@@ -27,15 +27,20 @@ completion (0.112 against 0.103), and the 1/|y|^2-weighted residual minimiser of
 la_tb_exact and of token_balance's root) is 1.375 against log Z = 1.406. At alpha 2 the same descent reaches 99.9%
 on both prompts at once. So at alpha 0.5 the 97% bar is 1.8 points from what any objective can reach here.
 
-Seed sensitivity, measured on 2026-12-07 and not asserted here (every case runs at seed 0, `tests/helpers.py`):
-with seeds 1, 2 and 3 instead, the two-prompt KL reduction at the defaults was 99.0 / 99.1 / 96.9% for la_tb,
-80.7 / 95.0 / 94.7% for la_tb_exact and 98.8 / 98.9 / 98.3% for token_balance; token_balance at alpha 0.5 reached
-96.4 / 96.1 / 96.2% with V(root) 0.21-0.23 below log Z. The worst, la_tb_exact at seed 1 ('b a' 80.7%), is not a
-rare completion lost early: after "a a" the policy stops too often (pi("a a <eos>") 0.113 against pi* 0.054,
-pi("a a a") 0.109 against 0.233), a length decision still converging at step 300. The others are not diagnosed.
-token_balance with V(root) from the group: alpha_0.5_token_balance_group at seeds 1-7 reached 97.6 / 97.9 / 96.95 /
-97.4 / 97.2 / 97.5 / 97.1% (V(root) within 0.03 of log Z in every one; the capacity above is 98.8%), and
-two_prompts_token_balance_group at seeds 1-3 reached at least 98.5 / 98.9 / 98.7%.
+Seed and kernel sensitivity, measured on 2026-12-07 and not asserted here (every case runs at seed 0,
+`tests/helpers.py`). Another CPU's kernels (AVX-512 on some CI machines) change the float rounding, so sampling can
+take another path after a while: the worst KL reduction over the prompts at seeds 1 / 2 / 3 stands in for that.
+la_tb on one prompt 99.7% or more; tb_traj and la_tb_exact at alpha 2 99.5% or more; at alpha 0.5 tb_traj 97.8 /
+98.4 / 97.7% and la_tb_exact 97.4 / 97.2 / 97.4%; token_balance at alpha 2 99.4% or more; two_prompts 99.3%,
+group_estimator 97.1 / 99.2 / 99.2% (seed 1: "a b q" and "b q a" pushed down early, as at T = 0.7 without warm-up),
+two_prompts_tb_traj 98.6%, two_prompts_la_tb_exact 97.9 / 98.6 / 97.5% (97.6 / 98.6% at seeds 4 and 5),
+two_prompts_token_balance 98.7% or more, two_prompts_token_balance_group 98.5 / 99.0 / 98.7%, temperature_0.7 (with
+its warm-up, see LOW_TEMPERATURE) 98.9 / 98.9 / 98.6%, num_iterations_2 98.2 / 99.1 / 99.1%, shaping_psi 99.6% or
+more; alpha_0.5_token_balance_group 97.6 / 97.9 / 96.95% with V(root) within 0.03 of log Z (seeds 4-7: 97.4 / 97.2 /
+97.5 / 97.1%). That case and the alpha 0.5 ones above sit closest to the bar, as the capacity above says they must:
+seed 3's 96.95% is no rare completion lost but too much mass on the one-token completions (the capacity pattern),
+and it stays there at 500 steps (96.9%). With `ATEN_CPU_CAPABILITY=default` (scalar kernels instead of AVX2) every
+case passes at seed 0.
 """
 
 import json
@@ -261,6 +266,10 @@ def test_trained_policy_matches_exact_fixed_point(toy_model_dir, tmp_path, alpha
 # case: (prompts, config overrides, shaping reward). The two-prompt cases keep 64 completions per prompt and step.
 TWO = dict(per_device_train_batch_size=128)
 GROUP = dict(log_z_estimator="group")
+# At T < 1 the sampler explores less: a completion pushed down in the first steps at the full learning rate is then
+# sampled in proportion to about pi^(1/T) and may never come back. Without warm-up, seed 1 ended with 'b a' at 95.7%
+# ("a b q" and "b q a" at pi 0.0002 against pi* 0.0065); with 30 warm-up steps, seeds 0-3 reach 98.6-99.5%.
+LOW_TEMPERATURE = dict(temperature=0.7, warmup_steps=30)
 COMBINATIONS = {
     "two_prompts": (TWO_PROMPTS, TWO, False),
     # the exact objectives, against the pure alpha-power of each prompt (token_balance: V(root) as log Z)
@@ -271,7 +280,7 @@ COMBINATIONS = {
     # token_balance with V(root) from the group (`GroupRootValue`), where the head's V(root) lags (VALUE_ROOT_LAGS)
     "alpha_0.5_token_balance_group": (ONE_PROMPT, dict(alpha=0.5, objective="token_balance", **GROUP), False),
     "two_prompts_token_balance_group": (TWO_PROMPTS, dict(TWO, objective="token_balance", **GROUP), False),
-    "temperature_0.7": (TWO_PROMPTS, dict(TWO, temperature=0.7), False),
+    "temperature_0.7": (TWO_PROMPTS, dict(TWO, **LOW_TEMPERATURE), False),
     "num_iterations_2": (TWO_PROMPTS, dict(TWO, num_iterations=2), False),
     "shaping_psi": (ONE_PROMPT, {}, True),
 }
@@ -285,7 +294,9 @@ def test_combinations_match_exact_fixed_point(toy_model_dir, tmp_path, case):
     the bound mean(alpha S_base - S_pi), alpha_0.5_token_balance_group logs V(root) 0.028 below log Z (inside the
     0.05 tolerance) but 0.022 below the bound log Z - KL (tolerance 0.012; 0.002-0.004 observed); without `head_loss`
     the head's V(root) ends 0.43 below log Z and two_prompts_token_balance_group's KL falls only 95.9% ('q'); with
-    the head's V(root) in the loss (regressed on the group's) alpha_0.5_token_balance_group's KL falls 96.9%."""
+    the head's V(root) in the loss (regressed on the group's) alpha_0.5_token_balance_group's KL falls 96.9%; with
+    the TB loss scored at the sampling temperature (the T = 1 LM head of `PowerFlowTrainer.__init__` not installed)
+    temperature_0.7's KL falls only 71.4% / 72.2%."""
     prompts, overrides, shaping = COMBINATIONS[case]
     config = settings(tmp_path, **overrides)
     psi = SHAPING_PSI if shaping else None

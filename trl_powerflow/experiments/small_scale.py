@@ -178,7 +178,9 @@ def reasoning_train_args(args, learning_rate: float = RECIPE_LEARNING_RATE) -> s
     return " ".join(words[:at] + [f"{learning_rate:g}"] + words[at + 1 :])
 
 
-def reasoning_argv(args, out: str, seed: int, steps: int, eval_every: int, methods, extra=(), learning_rate=None):
+def reasoning_argv(
+    args, out: str, seed: int, steps: int, eval_every: int, methods, extra=(), learning_rate=RECIPE_LEARNING_RATE
+):
     argv = [
         *compare_argv(args, "reasoning", out, seed, REASONING_TITLE),
         "--model_name_or_path", base_model_path(),
@@ -189,7 +191,7 @@ def reasoning_argv(args, out: str, seed: int, steps: int, eval_every: int, metho
         "--task_metrics", "trl_powerflow.experiments.synthetic_tasks:chain_metrics",
         "--diversity_metric", "distinct_answer_fraction",
         "--alpha_high", "4", "--alpha_low", "0.5",
-        "--train_args", reasoning_train_args(args, learning_rate or RECIPE_LEARNING_RATE),
+        "--train_args", reasoning_train_args(args, learning_rate),
         *extra,
         "--methods", *methods,
         "--eval_every", str(eval_every),
@@ -335,11 +337,11 @@ def experiment_jobs(args, stages, in_process: dict) -> list[Job]:
     --stages <stage>` subprocess with several). Costs are the relative compute of the full run."""
     jobs = []
     for stage in stages:
-        if stage in ("seeds", "learning_rate"):
-            for out, argv in seeds_argvs(args) if stage == "seeds" else lr_argvs(args):
+        if stage in ("seeds", "learning_rate"):  # one comparison per seed
+            argvs, prefix, cost = (seeds_argvs(args), "", 20) if stage == "seeds" else (lr_argvs(args), "lr_", 5)
+            for out, argv in argvs:
                 os.makedirs(out, exist_ok=True)
-                name = os.path.basename(out) if stage == "seeds" else f"lr_{os.path.basename(out)}"
-                cost = 20 if stage == "seeds" else 5
+                name = prefix + os.path.basename(out)
                 jobs.append(Job(stage, name, [(argv, os.path.join(out, "compare.log"))], cost=cost))
         elif stage in ("sweep", "ablations"):
             out, argv = sweep_argv(args) if stage == "sweep" else ablations_argv(args)
