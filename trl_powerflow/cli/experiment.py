@@ -48,9 +48,11 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--eval_every", type=int, default=20, help="Evaluation interval (ablations, creative).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the single-seed stages.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds of the reasoning comparison.")
-    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 8.0], help="Reasoning alpha sweep.")
+    parser.add_argument(  # alpha 1 is not trained: it is the base, an exact fixed point (tests/test_alpha_one.py)
+        "--alphas", type=float, nargs="+", default=[2.0, 8.0], help="Reasoning alpha sweep (alpha 1: the base)."
+    )
     parser.add_argument(
-        "--creative_alphas", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="Creative alpha sweep."
+        "--creative_alphas", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="Creative alpha sweep (alpha 1: the base)."
     )
     parser.add_argument(
         "--jobs", type=int, default=2, help="Jobs run side by side (one core each; seeds and stages are independent)."

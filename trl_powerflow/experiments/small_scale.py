@@ -14,12 +14,12 @@ Stages (`--stages`, default all; each reuses what a previous invocation finished
 - ``learning_rate``: supervised GRPO and PowerFlow (the defaults) for N steps at `LEARNING_RATE_HIGH`, 3x the
   shared recipe's, one `compare` per seed in `seeds`: with the ``seeds`` runs at the recipe's rate, the share of
   GRPO's gain at a shared higher rate and with each method at the better of the two rates.
-- ``sweep``: PowerFlow alpha 1, 2, 8 on reasoning for N steps at `seed` (alpha 4 and TTRL, its alpha -> infinity
-  limit, are read from the seed-`seed` run of ``seeds`` at step N).
-- ``ablations``: the remaining reasoning methods at N steps and `seed`: entropy minimisation, PowerFlow alpha 0.5
+- ``sweep``: PowerFlow alpha 2, 8 on reasoning for N steps at `seed` (alpha 4 and TTRL, its alpha -> infinity
+  limit, are read from the seed-`seed` run of ``seeds`` at step N; alpha 1 is the base: an exact fixed point).
+- ``ablations``: the remaining reasoning methods at N/2 steps and `seed`: entropy minimisation, PowerFlow alpha 0.5
   and the -traj / -token ablations.
 - ``creative``: `trl-powerflow pretrain-base --task creative` (diverse base, then an over-sharpened "aligned" model)
-  and a comparison from the aligned model: PowerFlow alpha 0.25, 0.5, 0.75 and 1, GRPO with the poem-quality
+  and a comparison from the aligned model: PowerFlow alpha 0.25, 0.5 and 0.75, GRPO with the poem-quality
   reward, Intuitor, entropy minimisation (alpha 2 too when it is in `creative_alphas`); the pre-alignment base is
   evaluated as a reference.
 - ``diagnosis``, ``power_sampling``, ``toy``: `trl_powerflow.experiments.evidence` (where PowerFlow's probability
@@ -246,8 +246,8 @@ def sweep_argv(args) -> tuple[str, list[str]]:
 def ablations_argv(args) -> tuple[str, list[str]]:
     out = os.path.join(args.output_dir, "reasoning", "compare")
     methods = ABLATION_METHODS[:2] if args.quick else ABLATION_METHODS
-    n = half_budget(args)
-    return out, reasoning_argv(args, out, args.seed, n, 1 if args.quick else args.eval_every, methods)
+    n = max(1, half_budget(args) // 2)  # N/2 steps: every ablation has collapsed by then; keeps the command ~90 min
+    return out, reasoning_argv(args, out, args.seed, n, 1 if args.quick else max(1, n // 2), methods)
 
 
 def pretrain_argv(args, task: str, out: str) -> list[str]:
