@@ -52,7 +52,7 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--alphas", type=float, nargs="+", default=[2.0, 8.0], help="Reasoning alpha sweep (alpha 1: the base)."
     )
     parser.add_argument(
-        "--creative_alphas", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="Creative alpha sweep (alpha 1: the base)."
+        "--creative_alphas", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="Creative sweep (1: the base)."
     )
     parser.add_argument(
         "--jobs", type=int, default=2, help="Jobs run side by side (one core each; seeds and stages are independent)."
