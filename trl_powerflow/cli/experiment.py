@@ -9,10 +9,10 @@ Stages (`--stages`, default all):
    GRPO, TTRL, EMPO, Intuitor and PowerFlow alpha 4 under each objective (la_tb, la_tb_exact, token_balance)
    for 2N steps (constant learning rate; evaluated at N and 2N), every seed.
 2. learning_rate: supervised GRPO and PowerFlow (defaults) at 3x the shared learning rate for N steps, every seed.
-3. sweep: PowerFlow alpha 1, 2, 8 on reasoning for N steps (alpha 4 and TTRL come from stage 1).
-4. ablations: entropy minimisation, PowerFlow alpha 0.5, -traj and -token at N steps.
-5. creative: pretrain the rhyming-couplet base and its over-sharpened "aligned" model, then PowerFlow alpha 0.25, 0.5,
-   0.75, 1 and the baselines (GRPO + quality checker, Intuitor, entropy minimisation) from the aligned model.
+3. sweep: PowerFlow alpha 2, 8 on reasoning for N steps (alpha 4 and TTRL come from stage 1; alpha 1 is the base).
+4. ablations: entropy minimisation, PowerFlow alpha 0.5, -traj and -token at N/2 steps.
+5. creative: pretrain the rhyming-couplet base and its over-sharpened "aligned" model, then PowerFlow alpha 0.25, 0.5
+   and 0.75 and the baselines (GRPO + quality checker, Intuitor, entropy minimisation) from the aligned model.
 6. diagnosis: where the trained models put their probability mass (answers the base prefers, lengths, guesses).
 7. power_sampling: MCMC power sampling of the base (alpha 4) against PowerFlow's one-pass sampler, by forward passes.
 8. toy: the live target-distance estimate (powerflow/target_kl) against the exact KL on the enumerable toy.
